@@ -1,0 +1,31 @@
+# vlmtune: `make install`, then `make demo` (the main job, offline on the CPU) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Nothing here downloads weights or data: the demo and the tests use tiny parts written locally.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install demo test lint bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build on this machine's disk; a range would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+demo:
+	$(BIN)/vlmtune demo
+
+test:
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check .
+
+bench:
+	$(BIN)/python -m vlmtune.bench
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache

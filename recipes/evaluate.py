@@ -1,0 +1,28 @@
+"""Score a checkpoint on the test split: batched greedy generation, split across accelerate processes.
+
+Run as `vlmtune evaluate checkpoint=<dir> [overrides]` or
+`accelerate launch --multi_gpu --num_processes 2 recipes/evaluate.py checkpoint=<dir>`.
+Writes <run_dir>/predictions.jsonl and <run_dir>/metrics.json.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from vlmtune.eval.run import evaluate_checkpoint
+    from vlmtune.runs import start_run
+
+    run = start_run(cfg, "evaluate")
+    metrics = evaluate_checkpoint(run, run.cfg.checkpoint)
+    run.finish()
+    return metrics["accuracy"]
+
+
+if __name__ == "__main__":
+    main()

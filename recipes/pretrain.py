@@ -1,0 +1,43 @@
+"""Stage 1, projector alignment: compose vision encoder + new projector + LLM, train only the projector on captions.
+
+Run as `vlmtune pretrain [overrides]` or `accelerate launch recipes/pretrain.py [overrides]`.
+Writes <run_dir>/checkpoint: a standard transformers checkpoint that `sft init_from=` continues from.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from vlmtune.data.llava import read_llava_json, to_dataset
+    from vlmtune.model.checkpoint import save_checkpoint
+    from vlmtune.model.compose import compose
+    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.policy import freeze_all_but_projector, parameter_table
+
+    run = start_run(cfg, "pretrain")
+    cfg = run.cfg
+
+    model, processor = compose(cfg.model)
+    freeze_all_but_projector(model)
+    log.info("parameters:\n%s", parameter_table(model))
+
+    captions = to_dataset(read_llava_json(cfg.data.train, cfg.data.image_root, cfg.data.max_train_samples))
+    args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
+                      logging_steps=cfg.logging_steps)
+    fit(model, processor, captions, args)
+
+    if is_main_process():
+        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
+        log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+    run.finish()
+
+
+if __name__ == "__main__":
+    main()

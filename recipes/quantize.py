@@ -1,0 +1,59 @@
+"""Quantize a checkpoint with bitsandbytes (8-bit and 4-bit, LLM only) and compare it with full precision.
+
+Run as `vlmtune quantize checkpoint=<dir> [overrides]`. A LoRA adapter directory is merged into its base first.
+Writes <run_dir>/quantize.json (and a printed table): checkpoint bytes, in-memory bytes after loading and test
+accuracy per variant; with `save`, each quantized model as <run_dir>/<variant>/.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="quantize", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    import json
+
+    from vlmtune.eval.run import evaluate_model, test_records
+    from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.quantize import bnb_config, checkpoint_bytes, variant_name
+    from vlmtune.runs import log, start_run
+
+    run = start_run(cfg, "quantize")
+    cfg = run.cfg
+    source = cfg.checkpoint
+    if is_adapter(source):  # bitsandbytes quantizes at load time, so it needs a full checkpoint on disk
+        save_checkpoint(*load_vlm(source), run.dir / "merged", run.provenance(stage="merged adapter"))
+        source = run.dir / "merged"
+
+    records = test_records(cfg.data, run.dir)
+    table = []
+    for bits in [None, *cfg.bits]:
+        name = variant_name(bits, cfg.quant_type)
+        quantization = None if bits is None else bnb_config(bits, cfg.quant_type)
+        model, processor = load_vlm(source, quantization_config=quantization)
+        _, metrics = evaluate_model(model, processor, records, cfg.eval)
+        out = source
+        if bits is not None and cfg.save:
+            out = save_checkpoint(model, processor, run.dir / name, run.provenance(variant=name))
+        table.append({"variant": name, "checkpoint_bytes": checkpoint_bytes(out),
+                      "memory_bytes": model.get_memory_footprint(), "accuracy": metrics["accuracy"]})
+        del model
+
+    (run.dir / "quantize.json").write_text(json.dumps(table, indent=2))
+    lines = [f"{'variant':<8} {'checkpoint MB':>14} {'memory MB':>10} {'accuracy':>9}"]
+    lines += [f"{r['variant']:<8} {r['checkpoint_bytes'] / 2**20:>14.3f} {r['memory_bytes'] / 2**20:>10.3f} "
+              f"{r['accuracy']:>9.3f}" for r in table]
+    log.info("quantization on %d test samples:\n%s", len(records), "\n".join(lines))
+    if run.tracker is not None:
+        import wandb
+
+        run.log({"quantize/table": wandb.Table(columns=list(table[0]), data=[list(r.values()) for r in table])})
+    run.finish()
+
+
+if __name__ == "__main__":
+    main()

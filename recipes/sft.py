@@ -1,0 +1,58 @@
+"""Stage 2, instruction tuning with TRL's SFTTrainer: LoRA (default), QLoRA or a full fine-tune of the LLM.
+
+Run as `vlmtune sft [overrides]` or `accelerate launch recipes/sft.py [overrides]`.
+`init_from=<checkpoint>` continues from a previous stage; without it the model is composed from `model.*` and its
+base is saved next to the adapter. Writes <run_dir>/checkpoint (an adapter directory under LoRA/QLoRA, a full
+checkpoint under peft=none) and, with `evaluate_at_end`, metrics.json and predictions.jsonl.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from vlmtune.data.llava import blank_images, read_llava_json, to_dataset
+    from vlmtune.eval.run import evaluate_checkpoint
+    from vlmtune.model.checkpoint import load_vlm, save_checkpoint
+    from vlmtune.model.compose import compose
+    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+
+    run = start_run(cfg, "sft")
+    cfg = run.cfg
+
+    base = cfg.init_from
+    if base is None:  # compose the parts; the adapter needs its base on disk
+        base = run.dir / "base"
+        if is_main_process():
+            save_checkpoint(*compose(cfg.model), base, run.provenance(stage="composed base"))
+        run.wait_for_everyone()
+    quantization = bnb_4bit_config(cfg.peft) if cfg.peft.method == "qlora" else None
+    model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
+    model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
+    log.info("parameters:\n%s", parameter_table(model))
+
+    records = read_llava_json(cfg.data.train, cfg.data.image_root, cfg.data.max_train_samples)
+    if cfg.data.blank_images:
+        records = blank_images(records, run.dir)
+    args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
+                      logging_steps=cfg.logging_steps)
+    fit(model, processor, to_dataset(records), args)
+
+    if is_main_process():
+        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
+        log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
+    run.wait_for_everyone()
+    metrics = evaluate_checkpoint(run, run.dir / "checkpoint") if cfg.evaluate_at_end and cfg.data.test else None
+    run.finish()
+    return metrics["accuracy"] if metrics else None  # the objective of a Hydra sweeper
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny offline parts and a small synthetic dataset, written once per test session.
+
+Every test runs offline (HF_HUB_OFFLINE=1) against a private cache directory, through the same `from_pretrained`
+code that loads real hub checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)  # tests never reach W&B servers
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """A VLMTUNE_CACHE holding the tiny parts and a small shapes dataset."""
+    from vlmtune.data.shapes import write_shapes_dataset
+    from vlmtune.tiny import write_tiny_parts
+
+    root = tmp_path_factory.mktemp("vlmtune-cache")
+    os.environ["VLMTUNE_CACHE"] = str(root)
+    write_tiny_parts(root / "tiny")
+    write_shapes_dataset(root / "data" / "shapes", seed=0, n_train=64, n_test=11)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny(cache) -> Path:
+    return cache / "tiny"
+
+
+@pytest.fixture(scope="session")
+def shapes(cache) -> Path:
+    return cache / "data" / "shapes"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> str:
+    """Run a command (e.g. `vlmtune sft ...`) in a fresh process; fail with its output when it fails."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(list(args), cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout + proc.stderr
+
+
+def vlmtune(*args: str, **kwargs) -> str:
+    return run_cli(sys.executable, "-m", "vlmtune.cli", *args, **kwargs)
+
+
+FAST = ["optim.max_steps=4", "optim.batch_size=4", "logging_steps=1", "eval.batch_size=4"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(cache, tmp_path_factory) -> dict[str, Path]:
+    """pretrain -> sft (LoRA) with evaluation at the end, W&B offline, as a user would run them."""
+    runs = tmp_path_factory.mktemp("runs")
+    vlmtune("pretrain", f"run_dir={runs / 'pretrain'}", *FAST)
+    vlmtune("sft", f"run_dir={runs / 'sft'}", f"init_from={runs / 'pretrain' / 'checkpoint'}", *FAST)
+    return {"pretrain": runs / "pretrain", "sft": runs / "sft", "runs": runs}

@@ -1,0 +1,99 @@
+"""The recipes end to end through the `vlmtune` command line, in fresh processes, on tiny parts (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, vlmtune
+from safetensors.torch import load_file
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in directory.glob("*.safetensors"):
+        tensors |= load_file(file)
+    return tensors
+
+
+def test_pretrain_changes_only_the_projector(pipeline, tiny):
+    ckpt = pipeline["pretrain"] / "checkpoint"
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == "llava"
+    weights = _weights(ckpt)
+    vision = _weights(tiny / "vision" / "siglip")
+    for name, value in vision.items():
+        torch.testing.assert_close(weights[f"model.vision_tower.{name}"], value, rtol=0, atol=0)
+    llm = _weights(tiny / "llm" / "llama")
+    for name, value in llm.items():
+        if "embed_tokens" in name or "lm_head" in name:  # resized for nothing new here: same rows
+            continue
+        torch.testing.assert_close(weights[name.replace("model.", "model.language_model.", 1)], value, rtol=0, atol=0)
+    provenance = json.loads((ckpt / "vlmtune.json").read_text())
+    assert provenance["recipe"] == "pretrain" and "transformers" in provenance["versions"]
+
+
+def test_sft_lora_writes_a_self_contained_adapter_and_metrics(pipeline, shapes):
+    ckpt = pipeline["sft"] / "checkpoint"
+    adapter = json.loads((ckpt / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(pipeline["pretrain"] / "checkpoint")
+    names = list(_weights(ckpt))
+    assert any("multi_modal_projector" in n for n in names), "the projector must be saved with the adapter"
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all("language_model" in n for n in lora), "LoRA must sit on the LLM only"
+
+    metrics = json.loads((pipeline["sft"] / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (pipeline["sft"] / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["n"] == len(rows) == len(json.loads((shapes / "test.json").read_text()))
+    assert metrics["accuracy"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+    assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
+    assert list((pipeline["sft"] / "wandb").glob("offline-run-*")), "W&B runs offline inside the run directory"
+
+
+def test_evaluate_scores_an_adapter_directory(pipeline):
+    out = pipeline["runs"] / "evaluate"
+    vlmtune("evaluate", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}", "logger=none")
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((pipeline["sft"] / "metrics.json").read_text())
+
+
+def test_sft_full_finetune_and_qlora_run(pipeline):
+    init = f"init_from={pipeline['pretrain'] / 'checkpoint'}"
+    for peft in ["none", "qlora"]:
+        out = pipeline["runs"] / f"sft-{peft}"
+        vlmtune("sft", f"run_dir={out}", init, f"peft={peft}", "evaluate_at_end=false", "logger=none", *FAST)
+        has_adapter = (out / "checkpoint" / "adapter_config.json").exists()
+        assert has_adapter == (peft == "qlora")
+
+
+def test_quantize_table(pipeline):
+    out = pipeline["runs"] / "quantize"
+    vlmtune("quantize", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}", "logger=none",
+            "eval.batch_size=4")
+    table = {row["variant"]: row for row in json.loads((out / "quantize.json").read_text())}
+    assert set(table) == {"fp32", "int8", "nf4"}
+    assert table["nf4"]["memory_bytes"] < table["int8"]["memory_bytes"] < table["fp32"]["memory_bytes"]
+    for variant in ["int8", "nf4"]:
+        config = json.loads((out / variant / "config.json").read_text())
+        assert config["quantization_config"]["llm_int8_skip_modules"] == [
+            "model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def test_sweep_runs_each_job_in_its_own_directory_and_wandb_group(pipeline):
+    runs = pipeline["runs"] / "sweeps"
+    output = vlmtune("sft", "-m", "optim.lr=1e-4,3e-4", "peft.r=4", f"paths.runs={runs}",
+                     f"init_from={pipeline['pretrain'] / 'checkpoint'}", "evaluate_at_end=false", *FAST)
+    sweep_dirs = list(runs.glob("sft-sweep/*"))
+    assert len(sweep_dirs) == 1, output
+    jobs = sorted(p for p in sweep_dirs[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs = set()
+    for job in jobs:
+        assert (job / "checkpoint" / "adapter_config.json").exists()
+        config = (job / "config.yaml").read_text()
+        lrs.add(next(line.split(":")[1].strip() for line in config.splitlines() if line.strip().startswith("lr:")))
+        wandb_runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1
+        # The run's records (group included) are in its .wandb file.
+        assert sweep_dirs[0].name.encode() in next(wandb_runs[0].glob("*.wandb")).read_bytes()
+    assert lrs == {"0.0001", "0.0003"}

@@ -1,0 +1,143 @@
+"""Typed configs: the schema every Hydra config in conf/ is validated against before any heavy work.
+
+Each dataclass mirrors one conf group; `register_configs()` puts them in Hydra's ConfigStore so that a typo in a key
+or a wrong type fails at start-up with the key's name, not deep inside a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class VisionConfig:
+    path: str = MISSING  # HF hub id or local directory of a vision encoder checkpoint (CLIP, SigLIP, ...)
+    feature_layer: int = -2  # hidden layer whose patch features feed the projector (-1 = last)
+    select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps all tokens (SigLIP has no CLS)
+
+
+@dataclass
+class LLMConfig:
+    path: str = MISSING  # HF hub id or local directory of a causal language model checkpoint
+    tokenizer: str | None = None  # tokenizer location when it differs from `path`
+
+
+@dataclass
+class ProjectorConfig:
+    name: str = "mlp2x_gelu"  # key in vlmtune.model.projectors.PROJECTORS
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the vision encoder
+    llm: LLMConfig = field(default_factory=LLMConfig)  # the language model
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # what maps vision features into the LLM
+    template: str = "chatml"  # key in vlmtune.templates.TEMPLATES: the chat template written into the processor
+    dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
+
+
+@dataclass
+class DataConfig:
+    train: str = MISSING  # LLaVA-format JSON file of training conversations
+    test: str | None = None  # LLaVA-format JSON file held out for evaluation
+    image_root: str | None = None  # folder that image paths are relative to (default: the JSON file's folder)
+    blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
+    max_train_samples: int | None = None  # use only the first N training samples
+    max_test_samples: int | None = None  # evaluate only the first N test samples
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.03  # fraction of steps spent warming the learning rate up
+    scheduler: str = "cosine"  # transformers learning-rate scheduler name
+    epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
+    max_steps: int = -1  # stop after this many optimizer steps (-1: run `epochs`)
+    batch_size: int = 8  # samples per device per step
+    grad_accum: int = 1  # gradient accumulation steps
+    max_grad_norm: float = 1.0  # gradient clipping
+
+
+@dataclass
+class PeftConfig:
+    method: str = "lora"  # lora | qlora | none (full fine-tune of the LLM)
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA alpha (scale = alpha / r)
+    dropout: float = 0.0  # LoRA dropout
+    # LoRA goes on the LLM only: a full-path regex, because a bare list would also hit the vision tower's attention.
+    target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    quant_type: str = "nf4"  # qlora: 4-bit weight type, nf4 | fp4
+    double_quant: bool = True  # qlora: quantize the quantization constants too
+    compute_dtype: str = "float32"  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    project: str = "vlmtune"  # W&B project
+    entity: str | None = None  # W&B entity (team or user); None = the API key's default
+    mode: str | None = None  # online | offline | disabled; None = online when WANDB_API_KEY is set, else offline
+    tags: list[str] = field(default_factory=list)  # extra W&B tags
+    log_samples: int = 16  # evaluation samples (with images) logged as a W&B table
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16  # prompts per generation batch on each process
+    max_new_tokens: int = 8  # generation budget per answer
+    stop_strings: list[str] = field(default_factory=list)  # cut a prediction at the first of these strings
+
+
+@dataclass
+class RecipeConfig:
+    """Fields every recipe shares."""
+
+    run_dir: str = MISSING  # where this run writes its config, checkpoint, metrics and W&B files
+    seed: int = 0  # seeds python, numpy and torch (and the data order)
+    paths: dict[str, Any] = field(default_factory=dict)  # cache locations, interpolated into other fields
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # experiment tracking
+
+
+@dataclass
+class TrainRecipeConfig(RecipeConfig):
+    model: ModelConfig = field(default_factory=ModelConfig)  # parts to compose when init_from is not set
+    data: DataConfig = field(default_factory=DataConfig)  # training (and held-out) data
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule
+    peft: PeftConfig = field(default_factory=PeftConfig)  # how the LLM is adapted
+    eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings for the end-of-run evaluation
+    init_from: str | None = None  # checkpoint directory of a previous stage; None composes a new model from `model`
+    train_projector: bool = True  # train the projector fully (saved with the adapter under LoRA)
+    train_vision: bool = False  # also train the vision tower fully (peft=none only)
+    evaluate_at_end: bool = False  # score the test split once training ends (metrics.json in the run directory)
+    logging_steps: int = 10  # log the training loss every N steps
+
+
+@dataclass
+class EvaluateRecipeConfig(RecipeConfig):
+    checkpoint: str = MISSING  # model directory: a full checkpoint or a LoRA adapter directory
+    data: DataConfig = field(default_factory=DataConfig)  # the test split is read from data.test
+    eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings
+
+
+@dataclass
+class QuantizeRecipeConfig(RecipeConfig):
+    checkpoint: str = MISSING  # model directory to quantize (a LoRA adapter directory is merged first)
+    data: DataConfig = field(default_factory=DataConfig)  # the test split used to measure accuracy
+    eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings
+    bits: list[int] = field(default_factory=lambda: [8, 4])  # bitsandbytes widths to compare with full precision
+    quant_type: str = "nf4"  # 4-bit weight type, nf4 | fp4
+    save: bool = True  # also write each quantized model as a checkpoint directory
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore; conf/<recipe>.yaml lists `<recipe>_schema` first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainRecipeConfig)
+    store.store(name="evaluate_schema", node=EvaluateRecipeConfig)
+    store.store(name="quantize_schema", node=QuantizeRecipeConfig)

@@ -1,0 +1,69 @@
+"""Evaluate a checkpoint directory on the configured test split and write predictions, metrics and W&B logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlmtune.config import DataConfig, EvalConfig
+from vlmtune.data.llava import blank_images, read_llava_json
+from vlmtune.eval.generate import generate_distributed, score_exact_match
+
+
+def test_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
+    """The test split, blanked like the training images when the run is a blind baseline."""
+    if not data.test:
+        raise ValueError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
+    records = read_llava_json(data.test, data.image_root, data.max_test_samples)
+    return blank_images(records, blank_dir) if data.blank_images else records
+
+
+def evaluate_model(model, processor, records, eval_cfg: EvalConfig, state=None):
+    """(rows with per-sample scores, metrics) for `records`; identical on every process."""
+    rows = generate_distributed(
+        model,
+        processor,
+        records,
+        state=state,
+        batch_size=eval_cfg.batch_size,
+        max_new_tokens=eval_cfg.max_new_tokens,
+        stop_strings=eval_cfg.stop_strings,
+    )
+    return rows, score_exact_match(rows)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling: readers never see half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_results(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _replace_text(out_dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    _replace_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    return "\n".join(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}" for k, v in metrics.items())
+
+
+def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
+    """Load `checkpoint` (adapters merged), score the test split, write and log the results; return the metrics."""
+    from vlmtune import tracking
+    from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.runs import is_main_process, log
+
+    cfg = run.cfg
+    model, processor = load_vlm(checkpoint, what="checkpoint")
+    model.to(run.state.device)
+    rows, metrics = evaluate_model(model, processor, test_records(cfg.data, run.dir), cfg.eval, run.state)
+    if is_main_process():
+        write_results(run.dir, rows, metrics)
+        log.info("evaluation of %s on %d samples:\n%s", checkpoint, len(rows), format_metrics(metrics))
+        run.log({f"eval/{k}": v for k, v in metrics.items()})
+        if run.tracker is not None:
+            run.log({"eval/samples": tracking.samples_table(rows, cfg.logger.log_samples)})
+    return metrics

@@ -1,0 +1,145 @@
+"""Checkpoint directories: standard HF layout in, standard HF layout out, written atomically.
+
+A checkpoint directory holds config.json + safetensors (or a PEFT adapter), the processor with its chat template,
+a model card (README.md) and `vlmtune.json`: the resolved config, git sha and library versions that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROVENANCE = "vlmtune.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def git_sha() -> str | None:
+    """The commit of the vlmtune source tree, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["vlmtune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temporary sibling directory, then swap it into place.
+
+    A kill mid-write leaves the previous `out_dir` (or nothing), never a half-written checkpoint that loads wrongly.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def _model_card(model, provenance: dict[str, Any]) -> str:
+    config = model.config if not hasattr(model, "peft_config") else model.get_base_model().config
+    cfg = provenance.get("config", {})
+    parts = cfg.get("model", {})
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [vlmtune, vision-language]",
+        "---",
+        f"# {provenance.get('recipe', 'vlmtune')} checkpoint",
+        "",
+        f"- model type: `{config.model_type}`",
+        f"- vision encoder: `{parts.get('vision', {}).get('path', 'from init_from')}`",
+        f"- language model: `{parts.get('llm', {}).get('path', 'from init_from')}`",
+        f"- projector: `{parts.get('projector', {}).get('name', 'mlp2x_gelu')}`",
+        f"- image tokens per image: {getattr(config, 'image_seq_length', 'n/a')}",
+        f"- initialised from: `{cfg.get('init_from') or 'composed parts'}`",
+        f"- training data: `{cfg.get('data', {}).get('train', 'n/a')}`",
+        f"- git sha: `{provenance.get('git_sha')}`",
+        "",
+        "Load with `AutoModelForImageTextToText.from_pretrained(dir)` and `AutoProcessor.from_pretrained(dir)`"
+        + (" (a PEFT adapter: `PeftModel.from_pretrained` on its base)." if hasattr(model, "peft_config") else "."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
+    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        full = {**provenance, "git_sha": git_sha(), "versions": library_versions()}
+        (tmp / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
+        (tmp / "README.md").write_text(_model_card(model, full))
+
+    return write_atomically(Path(out_dir), write)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+def _require_dir(path: str | Path, what: str) -> None:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what}: {path} is not a directory. Give a checkpoint directory written by a recipe.")
+    if not (p / "config.json").exists() and not (p / ADAPTER_CONFIG).exists():
+        raise FileNotFoundError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
+
+
+def load_vlm(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, quantization_config=None, what: str = "checkpoint"
+):
+    """Load (model, processor) from a full checkpoint or a LoRA adapter directory (merged into its base).
+
+    Adapters are merged into a full-precision base even when they were trained against a quantized one (the QLoRA
+    convention); `quantization_config` then applies to the merged weights only through a full checkpoint.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if Path(str(path)).exists() or str(path).startswith((".", "/")):
+        _require_dir(path, what)
+    processor = AutoProcessor.from_pretrained(path)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base = json.loads((Path(path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        _require_dir(base, f"{what} (base of the adapter in {path})")
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, quantization_config=quantization_config)
+    model.eval()
+    return model, processor

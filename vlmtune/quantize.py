@@ -1,0 +1,31 @@
+"""bitsandbytes 8-bit / 4-bit loading of a VLM checkpoint: only the LLM is quantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Vision tower, projector and lm_head stay in full precision: full module paths, because bitsandbytes matches
+# skip names from the root or as a suffix and a bare "vision_tower" would quantize it anyway.
+SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32):
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_MODULES)
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=SKIP_MODULES)
+    raise ValueError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """Bytes of the weight files in a checkpoint directory."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def variant_name(bits: int | None, quant_type: str) -> str:
+    return "fp32" if bits is None else "int8" if bits == 8 else quant_type

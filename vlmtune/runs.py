@@ -1,0 +1,95 @@
+"""What every recipe does first: validate the config, seed, make the run directory, write the resolved config.
+
+Hydra's `@hydra.main` hands a recipe a DictConfig; `start_run` turns it into the typed config object (so a wrong
+key or type fails here, naming the key), and returns a `Run` that recipes use for paths and logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("vlmtune")
+
+# Config keys whose values never reach a log or a file (W&B config, vlmtune.json).
+_SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """Copy of a plain config tree with secret-looking keys replaced by '***'."""
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class Run:
+    recipe: str  # the recipe's name: pretrain, sft, evaluate, quantize
+    cfg: Any  # the typed config (a dataclass instance validated by OmegaConf)
+    plain: dict[str, Any]  # the resolved config as plain containers, secrets redacted
+    dir: Path  # the run directory
+    tracker: Any = None  # the W&B run, or None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report_to(self) -> str:
+        """The HF Trainer's `report_to`: W&B only where this process tracks."""
+        return "wandb" if self.tracker is not None else "none"
+
+    @property
+    def state(self):
+        """accelerate's process state (gloo on CPU, NCCL on GPUs), created on first use."""
+        if "state" not in self.extras:
+            import torch
+            from accelerate import PartialState
+
+            self.extras["state"] = PartialState(cpu=not torch.cuda.is_available())
+        return self.extras["state"]
+
+    def wait_for_everyone(self) -> None:
+        self.state.wait_for_everyone()
+
+    def provenance(self, **more: Any) -> dict[str, Any]:
+        return {"recipe": self.recipe, "config": self.plain, **more}
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self.tracker is not None:
+            self.tracker.log(metrics, step=step)
+
+    def finish(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+
+
+def start_run(cfg: DictConfig, recipe: str) -> Run:
+    """Validate `cfg`, seed everything, create the run directory, save the resolved config, start W&B."""
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from vlmtune import tracking
+
+    hf_logging.disable_progress_bar()
+    typed = OmegaConf.to_object(cfg)  # raises on missing or mistyped keys, naming them
+    plain = redact(OmegaConf.to_container(cfg, resolve=True))
+    run_dir = Path(typed.run_dir).resolve()
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    set_seed(typed.seed)
+    run = Run(recipe=recipe, cfg=typed, plain=plain, dir=run_dir)
+    if is_main_process():
+        run.tracker = tracking.start(typed.logger, run_dir=run_dir, job_type=recipe, config=plain)
+    log.info("%s: run directory %s", recipe, run_dir)
+    return run

@@ -1,0 +1,94 @@
+"""Which parameters train: frozen vision tower, projector trained fully, LLM adapted by LoRA / QLoRA / full tuning.
+
+Module paths follow transformers 5's Llava layout: `model.vision_tower`, `model.multi_modal_projector`,
+`model.language_model`, `lm_head`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from vlmtune.config import PeftConfig
+
+PARTS = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector", "llm": "model.language_model"}
+# bitsandbytes matches skip names from the module path's root or as a suffix: give full paths, keep lm_head out.
+QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def part_of(name: str) -> str:
+    """Which part a parameter name belongs to (PEFT prefixes names with base_model.model.)."""
+    name = name.removeprefix("base_model.model.")
+    for part, prefix in PARTS.items():
+        if name.startswith(prefix + "."):
+            return part
+    return "lm_head" if name.startswith("lm_head") else "other"
+
+
+def parameter_table(model) -> str:
+    """Parameters per part, trainable and frozen, as a printable table."""
+    total, trainable = Counter(), Counter()
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        total[part] += param.numel()
+        if param.requires_grad:
+            trainable[part] += param.numel()
+    rows = [f"{'part':<10} {'parameters':>12} {'trainable':>12}"]
+    for part in [*PARTS, "lm_head", "other"]:
+        if total[part]:
+            rows.append(f"{part:<10} {total[part]:>12,} {trainable[part]:>12,}")
+    rows.append(f"{'total':<10} {sum(total.values()):>12,} {sum(trainable.values()):>12,}")
+    return "\n".join(rows)
+
+
+def freeze_all_but_projector(model) -> None:
+    """Projector alignment (stage 1): only the projector learns."""
+    for name, param in model.named_parameters():
+        param.requires_grad = part_of(name) == "projector"
+
+
+def bnb_4bit_config(peft: PeftConfig):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=peft.quant_type,
+        bnb_4bit_use_double_quant=peft.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, peft.compute_dtype),
+        llm_int8_skip_modules=QLORA_SKIP_MODULES,
+    )
+
+
+def apply_peft(model, peft: PeftConfig, train_projector: bool = True, train_vision: bool = False):
+    """Set trainable parameters for instruction tuning and return the (possibly PEFT-wrapped) model."""
+    if peft.method not in {"lora", "qlora", "none"}:
+        raise ValueError(f"peft.method={peft.method!r} is not known; valid values: lora, none, qlora")
+    if train_vision and peft.method != "none":
+        raise ValueError("train_vision=true needs peft=none (a full fine-tune); LoRA adapts the LLM only")
+    if peft.method == "none":
+        trainable = {"llm", "lm_head"} | ({"projector"} if train_projector else set()) | (
+            {"vision"} if train_vision else set())
+        for name, param in model.named_parameters():
+            param.requires_grad = part_of(name) in trainable
+        return model
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if peft.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.alpha,
+        lora_dropout=peft.dropout,
+        target_modules=peft.target,
+        # The projector trains fully and is saved inside the adapter, so the adapter directory is self-contained.
+        modules_to_save=["multi_modal_projector"] if train_projector else None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    lora_parts = {part_of(n) for n, _ in model.named_parameters() if "lora_" in n}
+    if lora_parts != {"llm"}:
+        raise ValueError(f"peft.target={peft.target!r} put LoRA on {sorted(lora_parts) or 'nothing'}; "
+                         "it must match modules of the LLM only (model.language_model...)")
+    return model
