@@ -25,12 +25,12 @@ os.environ.pop("WANDB_API_KEY", None)  # tests never reach W&B servers
 def cache(tmp_path_factory) -> Path:
     """A VLMTUNE_CACHE holding the tiny parts and a small shapes dataset."""
     from vlmtune.data.shapes import write_shapes_dataset
-    from vlmtune.tiny import write_tiny_parts
+    from vlmtune.tiny import IMAGE_SIZE, write_tiny_parts
 
     root = tmp_path_factory.mktemp("vlmtune-cache")
     os.environ["VLMTUNE_CACHE"] = str(root)
     write_tiny_parts(root / "tiny")
-    write_shapes_dataset(root / "data" / "shapes", seed=0, n_train=64, n_test=11)
+    write_shapes_dataset(root / "data" / "shapes", seed=0, n_train=64, n_test=11, image_size=IMAGE_SIZE)
     return root
 
 

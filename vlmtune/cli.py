@@ -39,7 +39,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     out = Path(args.out or cache_dir() / "data" / "shapes")
     files = write_shapes_dataset(out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                                 image_size=args.image_size)
+                                 image_size=args.image_size, jitter=args.jitter)
     for name, path in files.items():
         print(f"{name:<14} {path}")
 
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--n-train", type=int, default=4000)
     synth.add_argument("--n-test", type=int, default=500)
     synth.add_argument("--image-size", type=int, default=48)
+    synth.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=True,
+                       help="offset each shape randomly inside its grid cell (--no-jitter centres it)")
     synth.set_defaults(func=_synth)
     demo = sub.add_parser("demo", help="tiny parts -> pretrain -> sft (and a blind baseline) -> evaluate -> quantize")
     demo.add_argument("--runs", help="folder for the demo's run directories (default: runs/demo/<time>)")

@@ -181,8 +181,11 @@ def caption(scene: Scene) -> str:
     return (", ".join(parts[:-1]) + " and " + parts[-1] + ".") if len(parts) > 1 else parts[0] + "."
 
 
-def _scene(rng: random.Random, colors: Sequence[str], image_size: int) -> Scene:
-    """Random kinds, distinct columns, any rows and jitter for shapes of the given colours."""
+def _scene(rng: random.Random, colors: Sequence[str], image_size: int, jitter: bool = True) -> Scene:
+    """Random kinds, distinct columns, any rows and jitter for shapes of the given colours.
+
+    Without `jitter` every shape is centred in its cell (the RNG stream is the same, so the scenes are too).
+    """
     kinds = rng.sample(SHAPES, len(colors))
     cols = rng.sample(range(GRID), len(colors))
     shapes = []
@@ -190,11 +193,13 @@ def _scene(rng: random.Random, colors: Sequence[str], image_size: int) -> Scene:
         row = rng.randrange(GRID)
         dx = rng.randint(0, _slack(col, image_size))
         dy = rng.randint(0, _slack(row, image_size))
+        if not jitter:
+            dx, dy = _slack(col, image_size) // 2, _slack(row, image_size) // 2
         shapes.append(Shape(kind, color, row, col, dx, dy))
     return tuple(sorted(shapes, key=lambda shape: shape.col))
 
 
-def _sample(rng: random.Random, kind: str, image_size: int) -> Sample:
+def _sample(rng: random.Random, kind: str, image_size: int, jitter: bool = True) -> Sample:
     if kind == "count_color":
         # Draw the answer first, then a scene that has it: counts are uniform over 0..3 instead of mostly "1"
         # (which is what asking about a random colour of a random scene gives).
@@ -203,11 +208,11 @@ def _sample(rng: random.Random, kind: str, image_size: int) -> Sample:
         color = rng.choice(list(COLORS))
         others = [c for c in COLORS if c != color]
         chosen = set(rng.sample(range(n), count))
-        scene = _scene(rng, [color if i in chosen else rng.choice(others) for i in range(n)], image_size)
+        scene = _scene(rng, [color if i in chosen else rng.choice(others) for i in range(n)], image_size, jitter)
         params = {"color": color}
     else:
         n = rng.choice((2, 3))
-        scene = _scene(rng, [rng.choice(list(COLORS)) for _ in range(n)], image_size)
+        scene = _scene(rng, [rng.choice(list(COLORS)) for _ in range(n)], image_size, jitter)
         if kind == "color_of_shape":
             params = {"shape": rng.choice(scene).kind}
         elif kind == "left_or_right":
@@ -219,7 +224,12 @@ def _sample(rng: random.Random, kind: str, image_size: int) -> Sample:
 
 
 def make_samples(
-    seed: int, split: str, n: int, image_size: int = 32, exclude: frozenset[tuple[Any, ...]] = frozenset()
+    seed: int,
+    split: str,
+    n: int,
+    image_size: int = 32,
+    exclude: frozenset[tuple[Any, ...]] = frozenset(),
+    jitter: bool = True,
 ) -> list[Sample]:
     """`n` samples of a split, from the split's own RNG stream; samples whose `Sample.key` is in `exclude` are redrawn.
 
@@ -233,19 +243,19 @@ def make_samples(
     rng.shuffle(kinds)
     samples = []
     for kind in kinds:
-        sample = _sample(rng, kind, image_size)
+        sample = _sample(rng, kind, image_size, jitter)
         while sample.key() in exclude:
-            sample = _sample(rng, kind, image_size)
+            sample = _sample(rng, kind, image_size, jitter)
         samples.append(sample)
     return samples
 
 
 def make_dataset(
-    seed: int = 0, n_train: int = 4000, n_test: int = 500, image_size: int = 32
+    seed: int = 0, n_train: int = 4000, n_test: int = 500, image_size: int = 32, jitter: bool = True
 ) -> dict[str, list[Sample]]:
     """Train and test samples exactly as `write_shapes_dataset` writes them; test never repeats a train pair."""
-    train = make_samples(seed, "train", n_train, image_size)
-    test = make_samples(seed, "test", n_test, image_size, exclude=frozenset(s.key() for s in train))
+    train = make_samples(seed, "train", n_train, image_size, jitter=jitter)
+    test = make_samples(seed, "test", n_test, image_size, exclude=frozenset(s.key() for s in train), jitter=jitter)
     return {"train": train, "test": test}
 
 
@@ -272,7 +282,13 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def write_shapes_dataset(
-    out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 500, image_size: int = 32
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 4000,
+    n_test: int = 500,
+    image_size: int = 32,
+    jitter: bool = True,
 ) -> dict[str, Path]:
     """Write the dataset under `out_dir` and return the paths of ``train``, ``test`` and ``captions`` JSON.
 
@@ -281,7 +297,8 @@ def write_shapes_dataset(
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.json" for name in ("train", "test", "captions")}
-    meta = {"version": SHAPES_VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "image_size": image_size}
+    meta = {"version": SHAPES_VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "image_size": image_size,
+            "jitter": jitter}
     meta_path = out_dir / "meta.json"
     complete = meta_path.exists() and all(p.exists() for p in paths.values())
     if complete and json.loads(meta_path.read_text(encoding="utf-8")) == meta:
@@ -294,7 +311,7 @@ def write_shapes_dataset(
     image_dir.mkdir()
     render((), image_size).save(out_dir / "blank.png")
 
-    samples = make_dataset(seed, n_train, n_test, image_size)
+    samples = make_dataset(seed, n_train, n_test, image_size, jitter)
     records: dict[str, list[dict[str, Any]]] = {}
     for split, split_samples in samples.items():
         records[split] = []

@@ -49,5 +49,11 @@ def fit(model, processor, train_dataset, args) -> list[dict]:
     from trl import SFTTrainer
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
+    if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
+        # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
+        # compute (CPUs) the fully-trained projector then receives float32 features and fails; keep float32.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     trainer.train()
     return trainer.state.log_history
