@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 1  # bump when the tiny parts change, so stale caches are rewritten
+TINY_VERSION = 2  # bump when the tiny parts change, so stale caches are rewritten
 
 # Special tokens of the tiny tokenizer: chatml turn markers (they match the chatml template), padding, end of text and
 # the image placeholder that processors expand.
@@ -23,13 +23,16 @@ VISION = {
     "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, projection_dim=64),
 }
 LLM = {
-    "llama": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+    "llama": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False),
     "qwen2": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
 }
 IMAGE_SIZE = 48  # the shapes data draws a 3x3 grid of 16 px cells: one patch per cell
 PATCH_SIZE = 16
+# Random init gives position embeddings ~1/sqrt(hidden) against patch features ~1: scale them up so each image token
+# says clearly which grid cell it is (the left/right questions need it).
+POSITION_EMBEDDING_SCALE = 10.0
 
 
 def _corpus() -> list[str]:
@@ -97,6 +100,8 @@ def _write_vision(kind: str, out_dir: Path, seed: int) -> None:
         processor = CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
         )
+    with torch.no_grad():
+        getattr(model, "vision_model", model).embeddings.position_embedding.weight.mul_(POSITION_EMBEDDING_SCALE)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 

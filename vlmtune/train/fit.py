@@ -44,11 +44,12 @@ def sft_config(optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, 
     )
 
 
-def fit(model, processor, train_dataset, args) -> list[dict]:
+def fit(model, processor, train_dataset, args, callbacks=None) -> list[dict]:
     """Run the trainer to the end and return its log history (losses, learning rates)."""
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
+                         callbacks=callbacks)
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
         # compute (CPUs) the fully-trained projector then receives float32 features and fails; keep float32.

@@ -1,0 +1,118 @@
+"""Fast in-process checks: QLoRA placement, batched generation, registries, data errors, config redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlmtune.config import LLMConfig, ModelConfig, PeftConfig, VisionConfig
+from vlmtune.data.llava import DataError, read_llava_json
+from vlmtune.eval.generate import generate_answers
+from vlmtune.model.checkpoint import load_vlm, save_checkpoint
+from vlmtune.model.compose import compose
+from vlmtune.registry import Registry
+from vlmtune.runs import redact
+from vlmtune.train.policy import apply_peft, bnb_4bit_config
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tiny, tmp_path_factory):
+    cfg = ModelConfig(vision=VisionConfig(path=str(tiny / "vision" / "siglip"), select_strategy="full",
+                                          feature_layer=-1), llm=LLMConfig(path=str(tiny / "llm" / "llama")))
+    return save_checkpoint(*compose(cfg), tmp_path_factory.mktemp("base") / "ckpt", {"recipe": "test"})
+
+
+def test_qlora_quantizes_only_the_llm(base_checkpoint):
+    import bitsandbytes as bnb
+
+    model, _ = load_vlm(base_checkpoint, quantization_config=bnb_4bit_config(PeftConfig(method="qlora")))
+    model = apply_peft(model, PeftConfig(method="qlora"))
+    quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert quantized and all(".language_model." in n for n in quantized)
+    for name, module in model.named_modules():
+        if any(part in name for part in ("vision_tower", "multi_modal_projector", "lm_head")):
+            assert not isinstance(module, bnb.nn.Linear4bit), name
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in trainable) and any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+
+
+def test_lora_target_outside_the_llm_is_refused(base_checkpoint):
+    model, _ = load_vlm(base_checkpoint)
+    with pytest.raises(ValueError, match="LLM only"):
+        apply_peft(model, PeftConfig(method="lora", target=r".*\.(q_proj|k_proj|v_proj|out_proj)"))
+
+
+def test_batched_generation_matches_one_at_a_time(base_checkpoint, shapes):
+    model, processor = load_vlm(base_checkpoint)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random model answers with mostly one token; spread its logits to vary the answers
+        model.lm_head.weight.mul_(50)
+    records = read_llava_json(shapes / "test.json")
+    one = generate_answers(model, processor, records, batch_size=1, max_new_tokens=6)
+    eight = generate_answers(model, processor, records, batch_size=8, max_new_tokens=6)
+    assert [r["prediction"] for r in one] == [r["prediction"] for r in eight]
+    assert len({r["prediction"] for r in one}) > 1, "the check needs varied answers to mean anything"
+
+
+def test_stop_strings_cut_predictions(base_checkpoint, shapes):
+    model, processor = load_vlm(base_checkpoint)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    records = read_llava_json(shapes / "test.json")[:4]
+    full = generate_answers(model, processor, records, max_new_tokens=6)
+    stops = [r["prediction"][1:2] for r in full if len(r["prediction"]) > 1]
+    cut = generate_answers(model, processor, records, max_new_tokens=6, stop_strings=stops[:1])
+    for a, b in zip(full, cut, strict=True):
+        assert a["prediction"].startswith(b["prediction"])
+        assert stops[0] not in b["prediction"]
+
+
+def test_registry_lists_valid_keys():
+    registry: Registry[int] = Registry("model.projector.name")
+    registry.add("mlp2x_gelu", 1)
+    with pytest.raises(KeyError, match="model.projector.name='mlp' is not known; valid values: mlp2x_gelu"):
+        registry.get("mlp")
+
+
+def test_redact_hides_secret_looking_keys():
+    config = {"logger": {"api_key": "abc", "project": "p"}, "hub_token": "t", "runs": [{"password": "x"}]}
+    assert redact(config) == {"logger": {"api_key": "***", "project": "p"}, "hub_token": "***",
+                              "runs": [{"password": "***"}]}
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"id": "a", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                               {"from": "gpt", "value": "x"}]}, "does not exist"),
+        ({"id": "b", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "x"}]},
+         "1 <image> placeholder"),
+        ({"id": "c", "conversations": [{"from": "human", "value": "q"}]}, "last turn must be the assistant"),
+        ({"id": "d", "conversations": [{"from": "robot", "value": "q"}]}, "each turn needs"),
+    ],
+)
+def test_bad_records_name_file_and_sample(tmp_path, record, message):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(DataError, match=message) as error:
+        read_llava_json(path)
+    assert str(path) in str(error.value) and repr(record["id"]) in str(error.value)
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("[{")
+    with pytest.raises(DataError, match="broken.json: not valid JSON"):
+        read_llava_json(path)
+
+
+def test_cli_help_is_fast_and_lists_recipes():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vlmtune.cli", "--help"], capture_output=True, text=True, check=True)
+    for name in ["tiny", "synth", "demo", "pretrain", "sft", "evaluate", "quantize"]:
+        assert name in out.stdout

@@ -1,0 +1,86 @@
+"""`make bench`: side-by-side timings on the tiny parts, reported as ratios (one run, one machine).
+
+- training: seconds per SFTTrainer step for a full fine-tune, LoRA and QLoRA on the same batches;
+- generation: seconds per answer with batch size 1 against batch size 8 (left padding).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+TRAIN_STEPS = 30
+WARMUP_STEPS = 5
+
+
+def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> float:
+    from transformers import TrainerCallback
+
+    from vlmtune.config import OptimConfig, PeftConfig
+    from vlmtune.data.llava import to_dataset
+    from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.policy import apply_peft, bnb_4bit_config
+
+    peft = PeftConfig(method=method)
+    model, processor = load_vlm(base, quantization_config=bnb_4bit_config(peft) if method == "qlora" else None)
+    model = apply_peft(model, peft)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    args = sft_config(OptimConfig(max_steps=TRAIN_STEPS, batch_size=8), out / method, seed=0, report_to="none",
+                      logging_steps=1000)
+    fit(model, processor, to_dataset(records), args, callbacks=[Clock()])
+    timed = stamps[WARMUP_STEPS:]
+    return (timed[-1] - timed[0]) / (len(timed) - 1)
+
+
+def _generate_seconds_per_answer(base: Path, records, batch_size: int) -> float:
+    from vlmtune.eval.generate import generate_answers
+    from vlmtune.model.checkpoint import load_vlm
+
+    model, processor = load_vlm(base)
+    generate_answers(model, processor, records[:8], batch_size=batch_size)  # warm-up
+    start = time.perf_counter()
+    generate_answers(model, processor, records, batch_size=batch_size, max_new_tokens=4)
+    return (time.perf_counter() - start) / len(records)
+
+
+def main() -> None:
+    import torch
+
+    from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
+    from vlmtune.data.llava import read_llava_json
+    from vlmtune.data.shapes import write_shapes_dataset
+    from vlmtune.hydra_setup import cache_dir
+    from vlmtune.model.checkpoint import save_checkpoint
+    from vlmtune.model.compose import compose
+    from vlmtune.tiny import IMAGE_SIZE, write_tiny_parts
+
+    parts = write_tiny_parts(cache_dir() / "tiny")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        data = write_shapes_dataset(out / "shapes", n_train=512, n_test=64, image_size=IMAGE_SIZE)
+        cfg = ModelConfig(vision=VisionConfig(path=str(parts["vision/siglip"]), select_strategy="full",
+                                              feature_layer=-1), llm=LLMConfig(path=str(parts["llm/llama"])))
+        base = save_checkpoint(*compose(cfg), out / "base", {"recipe": "bench"})
+        train = read_llava_json(data["train"])
+        test = read_llava_json(data["test"])
+        steps = {m: _train_seconds_per_step(base, train, m, out) for m in ["none", "lora", "qlora"]}
+        answers = {bs: _generate_seconds_per_answer(base, test, bs) for bs in [1, 8]}
+
+    print(f"\nvlmtune bench on tiny parts, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| training (batch 8) | ms / step | vs full fine-tune |\n|---|---|---|")
+    for method, seconds in steps.items():
+        print(f"| {method} | {seconds * 1e3:.1f} | {seconds / steps['none']:.2f}x |")
+    print("\n| generation | ms / answer | vs batch 1 |\n|---|---|---|")
+    for bs, seconds in answers.items():
+        print(f"| batch {bs} | {seconds * 1e3:.1f} | {seconds / answers[1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
