@@ -97,3 +97,18 @@ def test_sweep_runs_each_job_in_its_own_directory_and_wandb_group(pipeline):
         # The run's records (group included) are in its .wandb file.
         assert sweep_dirs[0].name.encode() in next(wandb_runs[0].glob("*.wandb")).read_bytes()
     assert lrs == {"0.0001", "0.0003"}
+
+
+def test_sft_without_init_from_composes_and_saves_its_base(pipeline):
+    out = pipeline["runs"] / "sft-composed"
+    vlmtune("sft", f"run_dir={out}", "model/llm=tiny_qwen2", "model/vision=tiny_clip", "evaluate_at_end=false",
+            "logger=none", *FAST)
+    base = json.loads((out / "base" / "config.json").read_text())
+    assert base["model_type"] == "llava" and base["vision_config"]["model_type"] == "clip_vision_model"
+    adapter = json.loads((out / "checkpoint" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(out / "base")
+
+
+def test_a_misspelt_config_key_fails_before_any_work(pipeline):
+    with pytest.raises(AssertionError, match="optim.lrr"):
+        vlmtune("sft", f"run_dir={pipeline['runs'] / 'typo'}", "optim.lrr=1e-3", "logger=none")

@@ -95,7 +95,7 @@ def test_answers_match_scene_independently_of_answer_function(tmp_path: Path) ->
     samples = make_dataset(seed=2, **SMALL)
     for split in ("train", "test"):
         for record, sample in zip(_load(paths[split]), samples[split], strict=True):
-            question = record["conversations"][0]["value"].removeprefix("<image>\n")
+            question = record["conversations"][0]["value"].removesuffix("\n<image>")
             reply = record["conversations"][1]["value"]
             assert (question, reply, record["kind"]) == (sample.question, sample.answer, sample.kind)
             assert answer(sample.scene, sample.kind, **sample.params) == reply
@@ -164,7 +164,7 @@ def test_record_format(tmp_path: Path) -> None:
             assert not Path(record["image"]).is_absolute() and (tmp_path / record["image"]).is_file()
             human, gpt = record["conversations"]
             assert (human["from"], gpt["from"]) == ("human", "gpt")
-            assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+            assert human["value"].endswith("\n<image>") and human["value"].count("<image>") == 1
             assert "<image>" not in gpt["value"]
             if name == "captions":
                 assert record["kind"] == "caption" and record["image"].startswith("images/train_")

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--n-train", type=int, default=4000)
     synth.add_argument("--n-test", type=int, default=500)
     synth.add_argument("--image-size", type=int, default=48)
-    synth.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=True,
-                       help="offset each shape randomly inside its grid cell (--no-jitter centres it)")
+    synth.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=False,
+                       help="offset each shape randomly inside its grid cell (default: centred, one patch per cell)")
     synth.set_defaults(func=_synth)
     demo = sub.add_parser("demo", help="tiny parts -> pretrain -> sft (and a blind baseline) -> evaluate -> quantize")
     demo.add_argument("--runs", help="folder for the demo's run directories (default: runs/demo/<time>)")

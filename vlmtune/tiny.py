@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 2  # bump when the tiny parts change, so stale caches are rewritten
+TINY_VERSION = 3  # bump when the tiny parts change, so stale caches are rewritten
 
 # Special tokens of the tiny tokenizer: chatml turn markers (they match the chatml template), padding, end of text and
 # the image placeholder that processors expand.
@@ -24,7 +24,8 @@ VISION = {
 }
 LLM = {
     "llama": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False),
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                  initializer_range=0.1),
     "qwen2": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
 }

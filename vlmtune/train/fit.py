@@ -32,7 +32,7 @@ def sft_config(optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, 
         max_length=None,
         # SFTConfig defaults to bf16 + gradient checkpointing; on a CPU both only slow training down.
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not on_gpu,
         report_to=report_to,
         logging_steps=logging_steps,
