@@ -6,6 +6,8 @@ base is saved next to the adapter. Writes <run_dir>/checkpoint (an adapter direc
 checkpoint under peft=none) and, with `evaluate_at_end`, metrics.json and predictions.jsonl.
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -28,6 +30,8 @@ def main(cfg: DictConfig) -> float | None:
     cfg = run.cfg
 
     base = cfg.init_from
+    if base is not None and Path(base).exists():
+        base = Path(base).resolve()  # the adapter records its base: keep it valid from any working directory
     if base is None:  # compose the parts; the adapter needs its base on disk
         base = run.dir / "base"
         if is_main_process():
@@ -42,7 +46,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
     args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
-                      logging_steps=cfg.logging_steps)
+                      logging_steps=cfg.logging_steps, find_unused_parameters=cfg.train_vision)
     fit(model, processor, to_dataset(records), args)
 
     if is_main_process():

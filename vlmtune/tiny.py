@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 3  # bump when the tiny parts change, so stale caches are rewritten
+TINY_VERSION = 4  # bump when the tiny parts change, so stale caches are rewritten
 
 # Special tokens of the tiny tokenizer: chatml turn markers (they match the chatml template), padding, end of text and
 # the image placeholder that processors expand.
@@ -31,9 +31,28 @@ LLM = {
 }
 IMAGE_SIZE = 48  # the shapes data draws a 3x3 grid of 16 px cells: one patch per cell
 PATCH_SIZE = 16
-# Random init gives position embeddings ~1/sqrt(hidden) against patch features ~1: scale them up so each image token
-# says clearly which grid cell it is (the left/right questions need it).
-POSITION_EMBEDDING_SCALE = 10.0
+
+
+def sincos_2d(grid: int, dim: int, extra_tokens: int = 0):
+    """Fixed 2-D sine-cosine position embeddings (MAE / ViT style): half the channels encode the column, half the row.
+
+    A random init gives each patch position an unrelated vector; pretrained ViTs learn embeddings whose similarity
+    follows rows and columns. This gives the tiny encoder that structure from the start, as a real checkpoint
+    would have it (the left/right questions of the demo need the column). `extra_tokens` (CLIP's CLS) get zeros.
+    """
+    import torch
+
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+
+    def encode(pos):
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cols), encode(rows)], dim=1)  # row-major patch order, like the encoders'
+    return torch.cat([torch.zeros(extra_tokens, dim), table], dim=0)
 
 
 def _corpus() -> list[str]:
@@ -101,8 +120,10 @@ def _write_vision(kind: str, out_dir: Path, seed: int) -> None:
         processor = CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
         )
+    embedding = getattr(model, "vision_model", model).embeddings.position_embedding
+    grid = IMAGE_SIZE // PATCH_SIZE
     with torch.no_grad():
-        getattr(model, "vision_model", model).embeddings.position_embedding.weight.mul_(POSITION_EMBEDDING_SCALE)
+        embedding.weight.copy_(sincos_2d(grid, embedding.weight.shape[1], embedding.weight.shape[0] - grid * grid))
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
 

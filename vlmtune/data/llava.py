@@ -9,6 +9,7 @@ token count.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,11 @@ def blank_images(records: list[dict], out_dir: str | Path) -> list[dict]:
     with Image.open(first) as image:
         size = image.size
     blank = Path(out_dir) / "blank.png"
-    if not blank.exists():
+    if not blank.exists():  # every rank may get here: write through a private file, then rename
         blank.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", size, (128, 128, 128)).save(blank)
+        private = blank.with_name(f".blank-{os.getpid()}.png")
+        Image.new("RGB", size, (128, 128, 128)).save(private)
+        os.replace(private, blank)
     return [{**r, "images": [str(blank)] * len(r["images"])} for r in records]
 
 

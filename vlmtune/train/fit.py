@@ -9,7 +9,10 @@ import torch
 from vlmtune.config import OptimConfig
 
 
-def sft_config(optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, logging_steps: int):
+def sft_config(
+    optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, logging_steps: int,
+    find_unused_parameters: bool = False,
+):
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
@@ -40,7 +43,9 @@ def sft_config(optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, 
         dataloader_num_workers=0,
         disable_tqdm=True,  # the loss lines from `logging_steps` say more in logs and CI than a bar
         remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
+        # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
+        # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
+        ddp_find_unused_parameters=find_unused_parameters,
     )
 
 
