@@ -17,7 +17,7 @@ setup()
 def main(cfg: DictConfig) -> None:
     import json
 
-    from vlmtune.eval.run import evaluate_model, test_records
+    from vlmtune.eval.run import evaluate_model, held_out_records
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
     from vlmtune.quantize import bnb_config, checkpoint_bytes, variant_name
     from vlmtune.runs import log, start_run
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
         save_checkpoint(*load_vlm(source), run.dir / "merged", run.provenance(stage="merged adapter"))
         source = run.dir / "merged"
 
-    records = test_records(cfg.data, run.dir)
+    records = held_out_records(cfg.data, run.dir)
     table = []
     for bits in [None, *cfg.bits]:
         name = variant_name(bits, cfg.quant_type)

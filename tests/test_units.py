@@ -116,3 +116,26 @@ def test_cli_help_is_fast_and_lists_recipes():
     out = subprocess.run([sys.executable, "-m", "vlmtune.cli", "--help"], capture_output=True, text=True, check=True)
     for name in ["tiny", "synth", "demo", "pretrain", "sft", "evaluate", "quantize"]:
         assert name in out.stdout
+
+
+def test_adapter_merged_on_the_fly_answers_like_the_unmerged_adapter(pipeline, shapes):
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    adapter = pipeline["sft"] / "checkpoint"
+    merged, processor = load_vlm(adapter)
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForImageTextToText.from_pretrained(base_path).eval()
+    records = read_llava_json(shapes / "test.json")
+    batch = processor(text=[processor.apply_chat_template(r["messages"], tokenize=False) for r in records[:4]],
+                      images=[Image.open(r["images"][0]).convert("RGB") for r in records[:4]],
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        base_logits = base(**batch).logits
+        unmerged = PeftModel.from_pretrained(base, adapter).eval()
+        merged_logits = merged(**batch).logits
+        torch.testing.assert_close(merged_logits, unmerged(**batch).logits, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-4), "the adapter must change the model"
+    assert [r["prediction"] for r in generate_answers(merged, processor, records)] == [
+        r["prediction"] for r in generate_answers(unmerged, processor, records)]

@@ -11,7 +11,7 @@ from vlmtune.data.llava import blank_images, read_llava_json
 from vlmtune.eval.generate import generate_distributed, score_exact_match
 
 
-def test_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
+def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
     """The test split, blanked like the training images when the run is a blind baseline."""
     if not data.test:
         raise ValueError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
@@ -40,10 +40,16 @@ def _replace_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_results(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+def write_results(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, Any], context: dict[str, Any]) -> None:
+    """predictions.jsonl (prompt, prediction, target, score per sample), metrics.json, and results.json: the metrics
+    with everything needed to reproduce them (checkpoint, generation settings, processes, library versions)."""
+    from vlmtune.model.checkpoint import library_versions
+
     out_dir.mkdir(parents=True, exist_ok=True)
     _replace_text(out_dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     _replace_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    results = {"metrics": metrics, **context, "versions": library_versions()}
+    _replace_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -59,9 +65,14 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     cfg = run.cfg
     model, processor = load_vlm(checkpoint, what="checkpoint")
     model.to(run.state.device)
-    rows, metrics = evaluate_model(model, processor, test_records(cfg.data, run.dir), cfg.eval, run.state)
+    rows, metrics = evaluate_model(model, processor, held_out_records(cfg.data, run.dir), cfg.eval, run.state)
     if is_main_process():
-        write_results(run.dir, rows, metrics)
+        generation = {"do_sample": False, "padding_side": "left", "batch_size": cfg.eval.batch_size,
+                      "max_new_tokens": cfg.eval.max_new_tokens, "stop_strings": list(cfg.eval.stop_strings)}
+        context = {"checkpoint": str(checkpoint), "data": str(cfg.data.test), "blank_images": cfg.data.blank_images,
+                   "num_processes": run.state.num_processes, "generation": generation,
+                   "scoring": "exact match after lower-casing and stripping a trailing full stop"}
+        write_results(run.dir, rows, metrics, context)
         log.info("evaluation of %s on %d samples:\n%s", checkpoint, len(rows), format_metrics(metrics))
         run.log({f"eval/{k}": v for k, v in metrics.items()})
         if run.tracker is not None:
