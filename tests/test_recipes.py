@@ -112,3 +112,28 @@ def test_sft_without_init_from_composes_and_saves_its_base(pipeline):
 def test_a_misspelt_config_key_fails_before_any_work(pipeline):
     with pytest.raises(AssertionError, match="optim.lrr"):
         vlmtune("sft", f"run_dir={pipeline['runs'] / 'typo'}", "optim.lrr=1e-3", "logger=none")
+
+
+def test_export_merges_the_adapter_into_a_plain_checkpoint(pipeline):
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.model.checkpoint import load_vlm
+
+    out = pipeline["runs"] / "export"
+    vlmtune("export", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}")
+    config = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert config["model_type"] == "llava" and not (out / "checkpoint" / "adapter_config.json").exists()
+    exported = AutoModelForImageTextToText.from_pretrained(out / "checkpoint")
+    merged, _ = load_vlm(pipeline["sft"] / "checkpoint")
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_describe_prints_parts_tokens_and_trainable_table_and_writes_nothing(cache, tmp_path):
+    output = vlmtune("describe", "model/vision=tiny_clip", "peft=lora", cwd=tmp_path)
+    assert "clip" in output and "9 image tokens per image" in output
+    table = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.split()[:1] in (
+        ["vision"], ["projector"], ["llm"], ["total"]) and len(line.split()) == 3}
+    assert table["vision"][1] == "0", "the vision tower is frozen under LoRA"
+    assert table["llm"][1] != "0" and table["projector"][1] != "0"
+    assert list(tmp_path.iterdir()) == []

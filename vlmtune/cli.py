@@ -17,6 +17,8 @@ RECIPES = {
     "sft": "stage 2: instruction tuning with LoRA / QLoRA / full fine-tuning (TRL SFTTrainer)",
     "evaluate": "batched greedy generation and scoring on the test split, across accelerate processes",
     "quantize": "bitsandbytes 8-bit and 4-bit against full precision: bytes, load memory, accuracy",
+    "export": "merge a LoRA/QLoRA adapter into its full-precision base: a standard checkpoint",
+    "describe": "print the model sft would train: parts, parameters per part, image tokens, what is trainable",
 }
 
 

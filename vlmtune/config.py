@@ -133,6 +133,11 @@ class QuantizeRecipeConfig(RecipeConfig):
     save: bool = True  # also write each quantized model as a checkpoint directory
 
 
+@dataclass
+class ExportRecipeConfig(RecipeConfig):
+    checkpoint: str = MISSING  # adapter directory to merge into its base
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore; conf/<recipe>.yaml lists `<recipe>_schema` first in its defaults."""
     from hydra.core.config_store import ConfigStore
@@ -141,3 +146,4 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainRecipeConfig)
     store.store(name="evaluate_schema", node=EvaluateRecipeConfig)
     store.store(name="quantize_schema", node=QuantizeRecipeConfig)
+    store.store(name="export_schema", node=ExportRecipeConfig)

@@ -1,0 +1,49 @@
+"""Describe the model that `sft` with the same overrides would train: parts, checkpoints, parameters per part,
+image tokens per image and what is trainable. Composes the model; writes nothing.
+
+Run as `vlmtune describe [overrides]`, e.g. `vlmtune describe model/vision=tiny_clip peft=qlora`.
+"""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="describe", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.model.compose import compose
+    from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+
+    hf_logging.disable_progress_bar()
+    cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
+    if cfg.init_from:
+        quantization = bnb_4bit_config(cfg.peft) if cfg.peft.method == "qlora" else None
+        model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
+        source = [f"checkpoint  {cfg.init_from}"]
+    else:
+        model, _ = compose(cfg.model)
+        source = [f"vision      {cfg.model.vision.path} (feature layer {cfg.model.vision.feature_layer}, "
+                  f"{cfg.model.vision.select_strategy} tokens)",
+                  f"llm         {cfg.model.llm.path}",
+                  f"projector   {cfg.model.projector.name}"]
+        if cfg.peft.method == "qlora":  # sft saves the composed base first, then loads its LLM in 4-bit
+            source.append("(peft=qlora: sft loads the LLM in 4-bit; the table counts it unquantized)")
+    model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
+    config = model.config
+    print("\n".join([
+        *source,
+        f"model type  {config.model_type}; {config.image_seq_length} image tokens per image; "
+        f"template {cfg.model.template}; adaptation peft={cfg.peft.method}",
+        "",
+        parameter_table(model),
+    ]))
+
+
+if __name__ == "__main__":
+    main()
