@@ -11,14 +11,18 @@ import torch
 SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
-def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32):
+def bnb_config(
+    bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32, double_quant: bool = True
+):
+    """bitsandbytes settings that quantize the LLM only (QLoRA training and the quantize recipe share them)."""
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_MODULES)
     if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=SKIP_MODULES)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
+                                  llm_int8_skip_modules=SKIP_MODULES)
     raise ValueError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
 
 

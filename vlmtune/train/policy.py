@@ -13,8 +13,6 @@ import torch
 from vlmtune.config import PeftConfig
 
 PARTS = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector", "llm": "model.language_model"}
-# bitsandbytes matches skip names from the module path's root or as a suffix: give full paths, keep lm_head out.
-QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def part_of(name: str) -> str:
@@ -49,15 +47,10 @@ def freeze_all_but_projector(model) -> None:
 
 
 def bnb_4bit_config(peft: PeftConfig):
-    from transformers import BitsAndBytesConfig
+    """QLoRA's 4-bit LLM: vision tower, projector and lm_head stay in full precision."""
+    from vlmtune.quantize import bnb_config
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=peft.quant_type,
-        bnb_4bit_use_double_quant=peft.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, peft.compute_dtype),
-        llm_int8_skip_modules=QLORA_SKIP_MODULES,
-    )
+    return bnb_config(4, peft.quant_type, getattr(torch, peft.compute_dtype), peft.double_quant)
 
 
 def apply_peft(model, peft: PeftConfig, train_projector: bool = True, train_vision: bool = False):
