@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
-    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.fit import fit, resume_point, sft_config
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
 
     run = start_run(cfg, "sft")
@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
         base = Path(base).resolve()  # the adapter records its base: keep it valid from any working directory
     if base is None:  # compose the parts; the adapter needs its base on disk
         base = run.dir / "base"
-        if is_main_process():
+        if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
             save_checkpoint(*compose(cfg.model), base, run.provenance(stage="composed base"))
         run.wait_for_everyone()
     quantization = bnb_4bit_config(cfg.peft) if cfg.peft.method == "qlora" else None
@@ -46,8 +46,12 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
     args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
-                      logging_steps=cfg.logging_steps, find_unused_parameters=cfg.train_vision)
-    fit(model, processor, to_dataset(records), args)
+                      logging_steps=cfg.logging_steps, find_unused_parameters=cfg.train_vision,
+                      save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit)
+    resume_from = resume_point(cfg.resume, run.dir / "trainer")
+    if resume_from:
+        log.info("sft: resuming from %s", resume_from)
+    fit(model, processor, to_dataset(records), args, resume_from=resume_from)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))

@@ -69,8 +69,15 @@ class Run:
             self.tracker.log(metrics, step=step)
 
     def finish(self) -> None:
+        """Close W&B, then the process group: gloo threads left running at interpreter exit can abort a rank
+        ("terminate called without an active exception") after all the work is done."""
         if self.tracker is not None:
             self.tracker.finish()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def start_run(cfg: DictConfig, recipe: str) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from vlmtune.config import OptimConfig
 
 def sft_config(
     optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, logging_steps: int,
-    find_unused_parameters: bool = False,
+    find_unused_parameters: bool = False, save_steps: int = 0, save_total_limit: int = 2,
 ):
     from trl import SFTConfig
 
@@ -39,7 +40,11 @@ def sft_config(
         use_cpu=not on_gpu,
         report_to=report_to,
         logging_steps=logging_steps,
-        save_strategy="no",
+        # Step checkpoints hold optimizer, scheduler and RNG states too, so a resumed run ends where an
+        # uninterrupted one would.
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
+        save_total_limit=save_total_limit,
         dataloader_num_workers=0,
         disable_tqdm=True,  # the loss lines from `logging_steps` say more in logs and CI than a bar
         remove_unused_columns=False,
@@ -49,17 +54,79 @@ def sft_config(
     )
 
 
-def fit(model, processor, train_dataset, args, callbacks=None) -> list[dict]:
-    """Run the trainer to the end and return its log history (losses, learning rates)."""
+def latest_complete_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` under `trainer_dir` that a kill did not interrupt.
+
+    The Trainer writes `trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill
+    and is skipped (never loaded half-written).
+    """
+    import json
+
+    complete = []
+    for path in Path(trainer_dir).glob("checkpoint-*"):
+        try:
+            step = int(path.name.removeprefix("checkpoint-"))
+            json.loads((path / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        complete.append((step, path))
+    return max(complete)[1] if complete else None
+
+
+def resume_point(resume: str, trainer_dir: Path) -> str | None:
+    """What `Trainer.train(resume_from_checkpoint=...)` gets for the `resume` setting."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        latest = latest_complete_checkpoint(trainer_dir)
+        return str(latest) if latest else None
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint directory (or use resume=auto|never)")
+    return resume
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived: a step checkpoint was written and training stopped; `resume=auto` continues it."""
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        super().__init__(128 + signal.SIGTERM)
+        self.checkpoint = checkpoint
+
+
+def _save_and_stop_on_sigterm():
+    """A callback that turns SIGTERM (a scheduler's preemption notice) into "save a checkpoint, then stop"."""
+    from transformers import TrainerCallback
+
+    class SaveOnSigterm(TrainerCallback):
+        requested = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    callback = SaveOnSigterm()
+    signal.signal(signal.SIGTERM, lambda signum, frame: setattr(callback, "requested", True))
+    return callback
+
+
+def fit(model, processor, train_dataset, args, callbacks=None, resume_from: str | None = None) -> list[dict]:
+    """Run the trainer to the end (from `resume_from` when given) and return its log history.
+
+    On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143).
+    """
     from trl import SFTTrainer
 
+    sigterm = _save_and_stop_on_sigterm()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
-                         callbacks=callbacks)
+                         callbacks=[*(callbacks or []), sigterm])
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
         # compute (CPUs) the fully-trained projector then receives float32 features and fails; keep float32.
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
+    if sigterm.requested:
+        raise Preempted(latest_complete_checkpoint(args.output_dir))
     return trainer.state.log_history
