@@ -1,0 +1,1 @@
+"""Evaluation: batched generation across processes, scoring, benchmark metrics."""

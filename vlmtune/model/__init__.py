@@ -1,0 +1,1 @@
+"""Model composition, projectors and checkpoint directories."""

@@ -1,0 +1,1 @@
+"""Training: what trains (policy) and how (TRL SFTTrainer)."""
