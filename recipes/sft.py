@@ -19,12 +19,13 @@ setup()
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.llava import blank_images, read_llava_json, to_dataset
-    from vlmtune.eval.run import evaluate_checkpoint
+    from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit, resume_point, sft_config
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+    from vlmtune.train.probe import GenerationEval
 
     run = start_run(cfg, "sft")
     cfg = run.cfg
@@ -51,7 +52,11 @@ def main(cfg: DictConfig) -> float | None:
     resume_from = resume_point(cfg.resume, run.dir / "trainer")
     if resume_from:
         log.info("sft: resuming from %s", resume_from)
-    fit(model, processor, to_dataset(records), args, resume_from=resume_from)
+    callbacks = []
+    if cfg.eval_steps > 0:
+        probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
+        callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state))
+    fit(model, processor, to_dataset(records), args, callbacks=callbacks, resume_from=resume_from)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))

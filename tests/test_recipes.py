@@ -137,3 +137,12 @@ def test_describe_prints_parts_tokens_and_trainable_table_and_writes_nothing(cac
     assert table["vision"][1] == "0", "the vision tower is frozen under LoRA"
     assert table["llm"][1] != "0" and table["projector"][1] != "0"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_in_training_evaluation_is_logged_against_the_step(pipeline):
+    out = pipeline["runs"] / "sft-probe"
+    output = vlmtune("sft", f"run_dir={out}", f"init_from={pipeline['pretrain'] / 'checkpoint'}", "eval_steps=2",
+                     "eval_samples=5", "evaluate_at_end=false", *FAST)
+    assert "in-training evaluation at step 2" in output and "in-training evaluation at step 4" in output
+    record = next((out / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    assert b"eval/accuracy" in record and b"train/global_step" in record

@@ -114,6 +114,8 @@ class TrainRecipeConfig(RecipeConfig):
     train_vision: bool = False  # also train the vision tower fully (peft=none only)
     evaluate_at_end: bool = False  # score the test split once training ends (metrics.json in the run directory)
     logging_steps: int = 10  # log the training loss every N steps
+    eval_steps: int = 0  # score `eval_samples` test questions every N steps during training; 0 = never
+    eval_samples: int = 64  # size of the in-training evaluation subset (the first N of data.test)
     save_steps: int = 0  # write a resumable checkpoint (weights, optimizer, RNG) every N steps; 0 = only at the end
     save_total_limit: int = 2  # keep this many step checkpoints (the oldest are deleted)
     resume: str = "auto"  # auto: continue from the newest complete step checkpoint in run_dir | never | a path
