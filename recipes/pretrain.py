@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
-    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.fit import fit
     from vlmtune.train.policy import freeze_all_but_projector, parameter_table
 
     run = start_run(cfg, "pretrain")
@@ -29,9 +29,7 @@ def main(cfg: DictConfig) -> None:
     log.info("parameters:\n%s", parameter_table(model))
 
     captions = to_dataset(read_llava_json(cfg.data.train, cfg.data.image_root, cfg.data.max_train_samples))
-    args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
-                      logging_steps=cfg.logging_steps)
-    fit(model, processor, captions, args)
+    fit(model, processor, captions, cfg, run.dir / "trainer", report_to=run.report_to)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())

@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
-    from vlmtune.train.fit import fit, resume_point, sft_config
+    from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
     from vlmtune.train.probe import GenerationEval
 
@@ -46,22 +46,17 @@ def main(cfg: DictConfig) -> float | None:
     records = read_llava_json(cfg.data.train, cfg.data.image_root, cfg.data.max_train_samples)
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
-    args = sft_config(cfg.optim, run.dir / "trainer", seed=cfg.seed, report_to=run.report_to,
-                      logging_steps=cfg.logging_steps, find_unused_parameters=cfg.train_vision,
-                      save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit)
-    resume_from = resume_point(cfg.resume, run.dir / "trainer")
-    if resume_from:
-        log.info("sft: resuming from %s", resume_from)
     callbacks = []
     if cfg.eval_steps > 0:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
         callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state))
-    fit(model, processor, to_dataset(records), args, callbacks=callbacks, resume_from=resume_from)
+    fit(model, processor, to_dataset(records), cfg, run.dir / "trainer", report_to=run.report_to, callbacks=callbacks)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
         log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
     run.wait_for_everyone()
+    # Score the artifact as written (adapters merged the way any later user loads them), not the live model.
     metrics = evaluate_checkpoint(run, run.dir / "checkpoint") if cfg.evaluate_at_end and cfg.data.test else None
     run.finish()
     return metrics["accuracy"] if metrics else None  # the objective of a Hydra sweeper

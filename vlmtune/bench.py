@@ -17,10 +17,10 @@ WARMUP_STEPS = 5
 def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> float:
     from transformers import TrainerCallback
 
-    from vlmtune.config import OptimConfig, PeftConfig
+    from vlmtune.config import OptimConfig, PeftConfig, TrainRecipeConfig
     from vlmtune.data.llava import to_dataset
     from vlmtune.model.checkpoint import load_vlm
-    from vlmtune.train.fit import fit, sft_config
+    from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_peft, bnb_4bit_config
 
     peft = PeftConfig(method=method)
@@ -32,9 +32,9 @@ def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> floa
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
-    args = sft_config(OptimConfig(max_steps=TRAIN_STEPS, batch_size=8), out / method, seed=0, report_to="none",
-                      logging_steps=1000)
-    fit(model, processor, to_dataset(records), args, callbacks=[Clock()])
+    cfg = TrainRecipeConfig(run_dir=str(out), optim=OptimConfig(max_steps=TRAIN_STEPS, batch_size=8),
+                            logging_steps=1000, resume="never")
+    fit(model, processor, to_dataset(records), cfg, out / method, report_to="none", callbacks=[Clock()])
     timed = stamps[WARMUP_STEPS:]
     return (timed[-1] - timed[0]) / (len(timed) - 1)
 

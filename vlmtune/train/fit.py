@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 
 import torch
 
-from vlmtune.config import OptimConfig
+from vlmtune.config import TrainRecipeConfig
+
+log = logging.getLogger("vlmtune")
 
 
-def sft_config(
-    optim: OptimConfig, out_dir: Path, *, seed: int, report_to: str, logging_steps: int,
-    find_unused_parameters: bool = False, save_steps: int = 0, save_total_limit: int = 2,
-):
+def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
+    """TRL's SFTConfig for a training recipe's config."""
     from trl import SFTConfig
 
+    optim = cfg.optim
     on_gpu = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(out_dir),
@@ -28,8 +30,8 @@ def sft_config(
         num_train_epochs=optim.epochs,
         max_steps=optim.max_steps,
         max_grad_norm=optim.max_grad_norm,
-        seed=seed,
-        data_seed=seed,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
         # Loss on the assistant's tokens only, from the chat template's {% generation %} marks.
         assistant_only_loss=True,
         # No truncation: cutting a sequence could cut an image's tokens (lengths are checked by the data pipeline).
@@ -39,18 +41,18 @@ def sft_config(
         activation_checkpointing=False,
         use_cpu=not on_gpu,
         report_to=report_to,
-        logging_steps=logging_steps,
+        logging_steps=cfg.logging_steps,
         # Step checkpoints hold optimizer, scheduler and RNG states too, so a resumed run ends where an
         # uninterrupted one would.
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else 500,
-        save_total_limit=save_total_limit,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=cfg.save_total_limit,
         dataloader_num_workers=0,
         disable_tqdm=True,  # the loss lines from `logging_steps` say more in logs and CI than a bar
         remove_unused_columns=False,
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
-        ddp_find_unused_parameters=find_unused_parameters,
+        ddp_find_unused_parameters=cfg.train_vision,
     )
 
 
@@ -110,13 +112,18 @@ def _save_and_stop_on_sigterm():
     return callback
 
 
-def fit(model, processor, train_dataset, args, callbacks=None, resume_from: str | None = None) -> list[dict]:
-    """Run the trainer to the end (from `resume_from` when given) and return its log history.
+def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, *, report_to: str,
+        callbacks=None) -> list[dict]:
+    """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
 
     On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143).
     """
     from trl import SFTTrainer
 
+    args = sft_config(cfg, out_dir, report_to)
+    resume_from = resume_point(cfg.resume, out_dir)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
     sigterm = _save_and_stop_on_sigterm()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
                          callbacks=[*(callbacks or []), sigterm])
