@@ -14,27 +14,40 @@ from omegaconf import MISSING
 
 @dataclass
 class VisionConfig:
-    path: str = MISSING  # HF hub id or local directory of a vision encoder checkpoint (CLIP, SigLIP, ...)
-    feature_layer: int = -2  # hidden layer whose patch features feed the projector (-1 = last)
-    select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps all tokens (SigLIP has no CLS)
+    path: str = MISSING  # HF hub id or local directory of a vision encoder checkpoint (CLIP, SigLIP, DINOv2, ...)
+    # Hidden layer(s) whose features feed the projector: an int (-1 = last) or a list whose features are concatenated.
+    feature_layer: Any = -2
+    # Which tokens of the encoder go on: "default" drops the first (CLS) token, "full" keeps every token, "patches"
+    # keeps only patch tokens (drops CLS and register tokens, e.g. DINOv2 with registers).
+    select_strategy: str = "default"
+    image_policy: str = "resize"  # resize: the processor's own resizing | pad: pad to a square first (LLaVA-1.5)
 
 
 @dataclass
 class LLMConfig:
     path: str = MISSING  # HF hub id or local directory of a causal language model checkpoint
     tokenizer: str | None = None  # tokenizer location when it differs from `path`
+    pad_token: str | None = None  # an existing token to pad with when the tokenizer has none; None adds "<pad>"
 
 
 @dataclass
 class ProjectorConfig:
-    name: str = "mlp2x_gelu"  # key in vlmtune.model.projectors.PROJECTORS
+    name: str = "mlp2x_gelu"  # key in vlmtune.model.projectors.PROJECTORS (conf/model/projector/<name>.yaml)
+    depth: int = 2  # mlp: number of linear layers
+    activation: str = "gelu"  # mlp / pixel_shuffle: activation between linear layers (a transformers ACT2FN key)
+    scale: int = 2  # pixel_shuffle / conv: merge scale x scale neighbouring patches into one token
+    num_queries: int = 64  # resampler / qformer: learned query tokens, i.e. image tokens per image
+    num_layers: int = 2  # resampler / qformer / conv: attention (or residual conv) blocks
+    num_heads: int = 8  # resampler / qformer: attention heads (must divide the LLM hidden size)
 
 
 @dataclass
 class ModelConfig:
-    vision: VisionConfig = field(default_factory=VisionConfig)  # the vision encoder
-    llm: LLMConfig = field(default_factory=LLMConfig)  # the language model
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # what maps vision features into the LLM
+    # An existing HF VLM (AutoModelForImageTextToText) to start from instead of composing parts: `model=hf_vlm`.
+    path: str | None = None
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the vision encoder (composed models)
+    llm: LLMConfig = field(default_factory=LLMConfig)  # the language model (composed models)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # maps vision features into the LLM
     template: str = "chatml"  # key in vlmtune.templates.TEMPLATES: the chat template written into the processor
     dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
 
