@@ -91,6 +91,9 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
         "Load with `AutoModelForImageTextToText.from_pretrained(dir)` and `AutoProcessor.from_pretrained(dir)`"
         + (" (a PEFT adapter: `PeftModel.from_pretrained` on its base)." if hasattr(model, "peft_config") else "."),
     ]
+    if config.model_type == "vlmtune":
+        lines.append("Run `import vlmtune` first: it registers the `vlmtune` model type with the Auto classes "
+                     "(`pip install vlmtune`; no `trust_remote_code`).")
     return "\n".join(lines) + "\n"
 
 

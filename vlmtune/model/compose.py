@@ -1,11 +1,13 @@
 """Compose a VLM from a pretrained vision encoder, a pretrained LLM and a new projector.
 
 With the `mlp2x_gelu` projector the result *is* a transformers `LlavaForConditionalGeneration` with a
-`LlavaProcessor`: plain transformers, TRL, PEFT and vLLM load the saved checkpoint without importing vlmtune.
+`LlavaProcessor`: plain transformers, TRL, PEFT and vLLM load the saved checkpoint without importing vlmtune. Other
+projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` registers with the Auto classes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,9 +16,7 @@ from vlmtune.model.projectors import PROJECTORS
 from vlmtune.templates import END_OF_TURN, TEMPLATES
 
 if TYPE_CHECKING:
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    from vlmtune.config import ModelConfig
+    from vlmtune.config import ModelConfig, VisionConfig
 
 IMAGE_TOKEN = "<image>"
 
@@ -32,34 +32,116 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     return model_class.from_pretrained(path, dtype=dtype)
 
 
-def _prepare_tokenizer(tokenizer) -> None:
-    """Add the image placeholder and a padding token where the LLM's tokenizer lacks them."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+def _prepare_tokenizer(tokenizer, pad_token: str | None, end_of_turn: str) -> None:
+    """Add the image placeholder, the template's end-of-turn token and a padding token where the tokenizer lacks them.
+
+    `pad_token` names an existing token to pad with (model.llm.pad_token, per LLM family); without one a dedicated
+    `<pad>` is added: reusing EOS makes "mask = ids != pad" style code drop real end-of-turn tokens.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in (IMAGE_TOKEN, end_of_turn) if token not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
     if tokenizer.pad_token is None:
-        # A dedicated pad token: reusing EOS makes "mask = ids != pad" style code drop real end-of-turn tokens.
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        if pad_token is not None and pad_token not in vocab:
+            raise ValueError(f"model.llm.pad_token={pad_token!r} is not a token of this tokenizer; "
+                             "name one of its tokens or set it to null to add <pad>")
+        tokenizer.add_special_tokens({"pad_token": pad_token or "<pad>"})
 
 
-def _count_extra_tokens(vision, image_processor) -> tuple[int, int]:
-    """(patch tokens, extra tokens such as CLS) that the vision tower emits for one processed image."""
+@dataclass
+class VisionProbe:
+    """What the encoder emits for one processed image, measured rather than assumed from its config."""
+
+    tokens: int  # tokens per image after the select strategy
+    grid: tuple[int, int]  # (rows, cols) of patch positions
+    prefix_tokens: int  # leading non-patch tokens (CLS, registers) the encoder emits
+    feature_dim: int  # width of the selected features, all feature layers concatenated
+    feature_map: bool  # True for CNNs: hidden states are (channels, rows, cols) maps
+
+
+def _image_processor(cfg: VisionConfig):
+    """The encoder's own image processor, or (image_policy=pad) LLaVA-1.5's pad-to-square processor with its settings.
+
+    transformers' LlavaImageProcessor pads to a square filled with the mean colour before resizing, as LLaVA-1.5
+    does; the checkpoint keeps a standard processor that plain transformers loads.
+    """
+    from transformers import AutoImageProcessor, LlavaImageProcessorPil
+
+    image_processor = AutoImageProcessor.from_pretrained(cfg.path)
+    if cfg.image_policy == "resize":
+        return image_processor
+    if cfg.image_policy != "pad":
+        raise ValueError(f"model.vision.image_policy={cfg.image_policy!r}: expected resize or pad")
+    keep = ["size", "crop_size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+            "image_std"]
+    settings = {k: getattr(image_processor, k) for k in keep if getattr(image_processor, k, None) is not None}
+    # Llava's processor crops by default; the encoder's processor may not (SigLIP resizes to a square).
+    crop = bool(getattr(image_processor, "do_center_crop", False))
+    return LlavaImageProcessorPil(**settings, do_center_crop=crop, do_pad=True, do_convert_rgb=True)
+
+
+def _pixels(image_processor, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
-    height = size.get("height", size.get("shortest_edge"))
-    width = size.get("width", size.get("shortest_edge"))
-    pixels = image_processor(Image.new("RGB", (width, height)), return_tensors="pt")["pixel_values"]
+    return image_processor(Image.new("RGB", size), return_tensors="pt")["pixel_values"]
+
+
+def probe_vision(vision, image_processor, cfg: VisionConfig) -> VisionProbe:
+    """Run one blank image through the encoder and measure tokens, grid, prefix tokens and feature width."""
+    square = _pixels(image_processor, (224, 224))
+    if _pixels(image_processor, (448, 224)).shape != square.shape:
+        raise ValueError(f"the image processor of {cfg.path} gives different sizes for different aspect ratios; "
+                         "a fixed image-token count needs a fixed size: set model.vision.image_policy=pad")
+    layers = [cfg.feature_layer] if isinstance(cfg.feature_layer, int) else list(cfg.feature_layer)
     with torch.no_grad():
-        hidden = vision(pixel_values=pixels.to(vision.dtype)).last_hidden_state
+        hidden = vision(pixel_values=square.to(vision.dtype), output_hidden_states=True).hidden_states
+    selected = [hidden[layer] for layer in layers]
+    if selected[0].ndim == 4:  # CNN: (1, channels, rows, cols)
+        grids = {tuple(h.shape[-2:]) for h in selected}
+        if len(grids) > 1:
+            raise ValueError(f"model.vision.feature_layer={layers}: these layers have different map sizes {grids}; "
+                             "pick layers of one stage")
+        grid = grids.pop()
+        return VisionProbe(grid[0] * grid[1], grid, 0, sum(h.shape[1] for h in selected), True)
     patch = vision.config.patch_size
-    patches = (height // patch) * (width // patch)
-    return patches, hidden.shape[1] - patches
+    grid = (square.shape[-2] // patch, square.shape[-1] // patch)
+    prefix = selected[0].shape[1] - grid[0] * grid[1]
+    if cfg.select_strategy == "default" and prefix == 0:
+        raise ValueError(f"model.vision.select_strategy=default drops a CLS token, but {cfg.path} emits none "
+                         "(SigLIP-style encoder): set model.vision.select_strategy=full")
+    dropped = {"default": 1, "full": 0, "patches": prefix}[cfg.select_strategy]
+    return VisionProbe(selected[0].shape[1] - dropped, grid, prefix, sum(h.shape[-1] for h in selected), False)
 
 
-def compose(cfg: ModelConfig) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Build the VLM and its processor that `cfg` describes (vision + LLM weights loaded, projector new)."""
+def _check_feature_layer(cfg: VisionConfig) -> None:
+    layers = [cfg.feature_layer] if isinstance(cfg.feature_layer, int) else cfg.feature_layer
+    if not isinstance(layers, list | tuple) or not layers or not all(isinstance(x, int) for x in layers):
+        raise ValueError(f"model.vision.feature_layer={cfg.feature_layer!r}: expected an int or a list of ints")
+    if 0 in layers:
+        # transformers 5.24's Llava does not request hidden states for layer 0 and fails deep inside the forward.
+        raise ValueError("model.vision.feature_layer=0 is not supported; count from the end "
+                         "(-1 = last layer, -(layers + 1) = the patch embeddings)")
+    if cfg.select_strategy not in ("default", "full", "patches"):
+        raise ValueError(f"model.vision.select_strategy={cfg.select_strategy!r}: expected default, full or patches")
+
+
+def _llava_strategy(cfg: VisionConfig, probe: VisionProbe) -> str | None:
+    """Llava's own name for the select strategy, or None when only the vlmtune model type can express it."""
+    if probe.feature_map:
+        return None
+    if cfg.select_strategy == "patches":
+        return {0: "full", 1: "default"}.get(probe.prefix_tokens)  # registers need the vlmtune type
+    return cfg.select_strategy
+
+
+def compose(cfg: ModelConfig):
+    """Build the VLM and its processor that `cfg` describes (vision + LLM weights loaded, projector new).
+
+    The result is a plain `llava` model when the projector is `mlp2x_gelu` and Llava can select the features itself;
+    otherwise it is the `vlmtune` model type (a Llava subclass with the chosen projector).
+    """
     from transformers import (
-        AutoImageProcessor,
         AutoModelForCausalLM,
         AutoTokenizer,
         LlavaConfig,
@@ -67,46 +149,60 @@ def compose(cfg: ModelConfig) -> tuple[LlavaForConditionalGeneration, LlavaProce
         LlavaProcessor,
     )
 
+    from vlmtune.model.modeling import VlmtuneConfig, VlmtuneForConditionalGeneration, VlmtuneProcessor
+
+    if cfg.path is not None:
+        raise ValueError("model.path is set (an existing HF VLM): load it with load_vlm, there is nothing to compose")
     dtype = getattr(torch, cfg.dtype)
     template = TEMPLATES.get(cfg.template)
-    build_projector = PROJECTORS.get(cfg.projector.name)
+    options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
+    projector_class = PROJECTORS.get(cfg.projector.name)
+    _check_feature_layer(cfg.vision)
 
-    if cfg.vision.feature_layer == 0:
-        # transformers 5.24's Llava does not request hidden states for layer 0 and fails deep inside the forward.
-        raise ValueError("model.vision.feature_layer=0 is not supported by transformers' Llava; count from the end "
-                         "(-1 = last layer, -(layers + 1) = the patch embeddings)")
     vision = load_vision_tower(cfg.vision.path, dtype)
-    image_processor = AutoImageProcessor.from_pretrained(cfg.vision.path)
+    image_processor = _image_processor(cfg.vision)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
-    _prepare_tokenizer(tokenizer)
+    _prepare_tokenizer(tokenizer, cfg.llm.pad_token, END_OF_TURN[cfg.template])
     tokenizer.chat_template = template
 
-    patches, extra = _count_extra_tokens(vision, image_processor)
-    if cfg.vision.select_strategy == "default" and extra == 0:
-        raise ValueError(
-            f"model.vision.select_strategy=default drops a CLS token, but {cfg.vision.path} emits none "
-            "(SigLIP-style encoder): set model.vision.select_strategy=full"
-        )
-    image_tokens = patches + (extra if cfg.vision.select_strategy == "full" else extra - 1)
-
-    config = LlavaConfig(
+    probe = probe_vision(vision, image_processor, cfg.vision)
+    projector = projector_class(probe.feature_dim, llm.config.hidden_size, options).to(dtype)
+    if projector.needs_grid and probe.tokens != probe.grid[0] * probe.grid[1]:
+        raise ValueError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
+                         f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
+                         "model.vision.select_strategy=patches")
+    image_tokens = projector.output_tokens(probe.tokens, probe.grid)
+    llava_strategy = _llava_strategy(cfg.vision, probe)
+    plain_llava = cfg.projector.name == "mlp2x_gelu" and llava_strategy is not None
+    common = dict(
         vision_config=vision.config,
         text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=image_tokens,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy=cfg.vision.select_strategy,
         vision_feature_layer=cfg.vision.feature_layer,
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
+    if plain_llava:
+        config = LlavaConfig(**common, vision_feature_select_strategy=llava_strategy)
+        model_class = LlavaForConditionalGeneration
+    else:
+        config = VlmtuneConfig(**common, vision_feature_select_strategy=cfg.vision.select_strategy,
+                               vision_prefix_tokens=probe.prefix_tokens, vision_grid=list(probe.grid),
+                               vision_feature_dim=probe.feature_dim, projector=options)
+        model_class = VlmtuneForConditionalGeneration
     # Build the shell on the meta device and move the loaded parts in: no second copy of the weights in memory.
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(config)
     model.model.vision_tower = vision
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
-    model.model.multi_modal_projector = build_projector(config).to(dtype)
+    if plain_llava:  # transformers' own module, so the checkpoint stays a plain `llava` one
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        projector = LlavaMultiModalProjector(config).to(dtype)
+    model.model.multi_modal_projector = projector
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -114,14 +210,18 @@ def compose(cfg: ModelConfig) -> tuple[LlavaForConditionalGeneration, LlavaProce
     model.generation_config.eos_token_id = sorted({end_of_turn, *(_as_list(llm.generation_config.eos_token_id))})
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vision.config.patch_size,
-        vision_feature_select_strategy=cfg.vision.select_strategy,
-        num_additional_image_tokens=extra,
-        chat_template=template,
-    )
+    if plain_llava:
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=vision.config.patch_size,
+            vision_feature_select_strategy=llava_strategy,
+            num_additional_image_tokens=probe.prefix_tokens,
+            chat_template=template,
+        )
+    else:
+        processor = VlmtuneProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                     image_seq_length=image_tokens, chat_template=template)
     return model, processor
 
 
