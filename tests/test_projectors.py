@@ -225,3 +225,36 @@ def test_sft_and_evaluate_a_composed_zoo_model_from_the_command_line(cache, tmp_
     assert "accuracy" in out
     card = (tmp_path / "sft" / "checkpoint" / "README.md").read_text()
     assert "projector: `conv_downsampler`" in card and "model type: `vlmtune`" in card and "import vlmtune" in card
+
+
+def test_training_collator_mixes_multi_image_single_image_and_text_only(tiny, tmp_path):
+    """LLaVA records with two images, one image and none go through TRL's collator into one training batch."""
+    import json
+
+    from PIL import Image
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from vlmtune.data.llava import read_llava_json, to_dataset
+
+    for color in ["red", "blue"]:
+        Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), color).save(tmp_path / f"{color}.png")
+    records = [
+        {"id": "two", "image": ["red.png", "blue.png"],
+         "conversations": [{"from": "human", "value": "<image>\n<image>\nColors?"}, {"from": "gpt", "value": "red"}]},
+        {"id": "one", "image": "red.png",
+         "conversations": [{"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "red"}]},
+        {"id": "none", "conversations": [{"from": "human", "value": "Say yes"}, {"from": "gpt", "value": "yes"}]},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    dataset = to_dataset(read_llava_json(tmp_path / "data.json"))
+    cfg = ModelConfig(vision=_vision(tiny, "tiny_siglip"), llm=LLMConfig(path=str(tiny / "llm" / "llama")),
+                      projector=_projector("pixel_shuffle"))
+    model, processor = compose(cfg)
+    batch = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)(list(dataset))
+    assert batch["pixel_values"].shape[0] == 3
+    image_tokens = (batch["input_ids"] == model.config.image_token_index).sum(dim=1)
+    assert image_tokens.tolist() == [2 * model.config.image_seq_length, model.config.image_seq_length, 0]
+    assert ((batch["labels"] != -100).sum(dim=1) > 0).all()  # every sample supervises its answer
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
