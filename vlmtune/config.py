@@ -82,7 +82,8 @@ class PeftConfig:
     alpha: int = 32  # LoRA alpha (scale = alpha / r)
     dropout: float = 0.0  # LoRA dropout
     # LoRA goes on the LLM only: a full-path regex, because a bare list would also hit the vision tower's attention.
-    target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    # Names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
+    target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|gate_up_proj|down_proj)"
     quant_type: str = "nf4"  # qlora: 4-bit weight type, nf4 | fp4
     double_quant: bool = True  # qlora: quantize the quantization constants too
     compute_dtype: str = "float32"  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)
