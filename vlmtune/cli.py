@@ -32,7 +32,7 @@ def _tiny(args: argparse.Namespace) -> None:
 
     parts = write_tiny_parts(Path(args.out or cache_dir() / "tiny"), force=args.force)
     for name, path in parts.items():
-        print(f"{name:<14} {path}")
+        print(f"{name:<18} {path}")
 
 
 def _synth(args: argparse.Namespace) -> None:
