@@ -111,3 +111,26 @@ def test_llava_checkpoint_loads_in_plain_transformers(tiny, tmp_path):
         generated = model.generate(**inputs, do_sample=False, max_new_tokens=6)[0].tolist()
     torch.testing.assert_close(torch.tensor(result["logits"]), logits, rtol=0, atol=1e-5)
     assert result["generated"] == generated
+
+
+def test_pad_token_fix_per_llm_family(tiny):
+    """A tokenizer that pads with its end-of-turn token (SmolLM2) gets the conf entry's pad token, or a new <pad>."""
+    from transformers import AutoTokenizer
+
+    from vlmtune.model.compose import _prepare_tokenizer
+
+    def smollm_like():
+        tokenizer = AutoTokenizer.from_pretrained(tiny / "llm" / "llama")
+        tokenizer.pad_token = "<|im_end|>"
+        return tokenizer
+
+    tokenizer = smollm_like()
+    _prepare_tokenizer(tokenizer, "<|endoftext|>", "<|im_end|>")
+    assert tokenizer.pad_token == "<|endoftext|>"
+    with pytest.raises(ValueError, match="also ends turns"):
+        _prepare_tokenizer(smollm_like(), "<|im_end|>", "<|im_end|>")
+    with pytest.raises(ValueError, match="not a token of this tokenizer"):
+        _prepare_tokenizer(smollm_like(), "<|finetune_right_pad_id|>", "<|im_end|>")
+    tokenizer = smollm_like()
+    _prepare_tokenizer(tokenizer, None, "<|im_end|>")
+    assert tokenizer.pad_token == "<pad>"

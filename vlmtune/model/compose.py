@@ -42,10 +42,14 @@ def _prepare_tokenizer(tokenizer, pad_token: str | None, end_of_turn: str) -> No
     missing = [token for token in (IMAGE_TOKEN, end_of_turn) if token not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
-    if tokenizer.pad_token is None:
+    # Some tokenizers pad with their end-of-turn/EOS token (SmolLM2 pads with <|im_end|>): that needs a fix too.
+    if tokenizer.pad_token is None or tokenizer.pad_token in (end_of_turn, tokenizer.eos_token):
         if pad_token is not None and pad_token not in vocab:
             raise ValueError(f"model.llm.pad_token={pad_token!r} is not a token of this tokenizer; "
                              "name one of its tokens or set it to null to add <pad>")
+        if pad_token in (end_of_turn, tokenizer.eos_token):
+            raise ValueError(f"model.llm.pad_token={pad_token!r} also ends turns: pick a token that never appears "
+                             "in the data, or null to add <pad>")
         tokenizer.add_special_tokens({"pad_token": pad_token or "<pad>"})
 
 
