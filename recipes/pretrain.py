@@ -14,7 +14,7 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from vlmtune.data.llava import read_llava_json, to_dataset
+    from vlmtune.data.records import read_split, to_dataset
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     freeze_all_but_projector(model)
     log.info("parameters:\n%s", parameter_table(model))
 
-    captions = to_dataset(read_llava_json(cfg.data.train, cfg.data.image_root, cfg.data.max_train_samples))
+    captions = to_dataset(read_split(cfg.data, "train"))
     fit(model, processor, captions, cfg, run.dir / "trainer", report_to=run.report_to)
 
     if is_main_process():

@@ -234,7 +234,7 @@ def test_training_collator_mixes_multi_image_single_image_and_text_only(tiny, tm
     from PIL import Image
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from vlmtune.data.llava import read_llava_json, to_dataset
+    from vlmtune.data.records import read_samples, to_dataset
 
     for color in ["red", "blue"]:
         Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), color).save(tmp_path / f"{color}.png")
@@ -246,7 +246,7 @@ def test_training_collator_mixes_multi_image_single_image_and_text_only(tiny, tm
         {"id": "none", "conversations": [{"from": "human", "value": "Say yes"}, {"from": "gpt", "value": "yes"}]},
     ]
     (tmp_path / "data.json").write_text(json.dumps(records))
-    dataset = to_dataset(read_llava_json(tmp_path / "data.json"))
+    dataset = to_dataset(read_samples(tmp_path / "data.json"))
     cfg = ModelConfig(vision=_vision(tiny, "tiny_siglip"), llm=LLMConfig(path=str(tiny / "llm" / "llama")),
                       projector=_projector("pixel_shuffle"))
     model, processor = compose(cfg)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vlmtune.config import LLMConfig, ModelConfig, PeftConfig, VisionConfig
-from vlmtune.data.llava import DataError, read_llava_json
+from vlmtune.data.errors import DataError
+from vlmtune.data.records import read_samples
 from vlmtune.eval.generate import generate_answers
 from vlmtune.model.checkpoint import load_vlm, save_checkpoint
 from vlmtune.model.compose import compose
@@ -50,7 +51,7 @@ def test_batched_generation_matches_one_at_a_time(base_checkpoint, shapes):
     torch.manual_seed(0)
     with torch.no_grad():  # a random model answers with mostly one token; spread its logits to vary the answers
         model.lm_head.weight.mul_(50)
-    records = read_llava_json(shapes / "test.json")
+    records = read_samples(shapes / "test.json")
     one = generate_answers(model, processor, records, batch_size=1, max_new_tokens=6)
     eight = generate_answers(model, processor, records, batch_size=8, max_new_tokens=6)
     assert [r["prediction"] for r in one] == [r["prediction"] for r in eight]
@@ -61,7 +62,7 @@ def test_stop_strings_cut_predictions(base_checkpoint, shapes):
     model, processor = load_vlm(base_checkpoint)
     with torch.no_grad():
         model.lm_head.weight.mul_(50)
-    records = read_llava_json(shapes / "test.json")[:4]
+    records = read_samples(shapes / "test.json")[:4]
     full = generate_answers(model, processor, records, max_new_tokens=6)
     stops = [r["prediction"][1:2] for r in full if len(r["prediction"]) > 1]
     cut = generate_answers(model, processor, records, max_new_tokens=6, stop_strings=stops[:1])
@@ -90,7 +91,7 @@ def test_redact_hides_secret_looking_keys():
                                                                {"from": "gpt", "value": "x"}]}, "does not exist"),
         ({"id": "b", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "x"}]},
          "1 <image> placeholder"),
-        ({"id": "c", "conversations": [{"from": "human", "value": "q"}]}, "last turn must be the assistant"),
+        ({"id": "c", "conversations": [{"from": "human", "value": "q"}]}, "out of order"),
         ({"id": "d", "conversations": [{"from": "robot", "value": "q"}]}, "each turn needs"),
     ],
 )
@@ -98,7 +99,7 @@ def test_bad_records_name_file_and_sample(tmp_path, record, message):
     path = tmp_path / "data.json"
     path.write_text(json.dumps([record]))
     with pytest.raises(DataError, match=message) as error:
-        read_llava_json(path)
+        read_samples(path)
     assert str(path) in str(error.value) and repr(record["id"]) in str(error.value)
 
 
@@ -106,7 +107,7 @@ def test_malformed_json_names_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("[{")
     with pytest.raises(DataError, match="broken.json: not valid JSON"):
-        read_llava_json(path)
+        read_samples(path)
 
 
 def test_cli_help_is_fast_and_lists_recipes():
@@ -127,7 +128,7 @@ def test_adapter_merged_on_the_fly_answers_like_the_unmerged_adapter(pipeline, s
     merged, processor = load_vlm(adapter)
     base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     base = AutoModelForImageTextToText.from_pretrained(base_path).eval()
-    records = read_llava_json(shapes / "test.json")
+    records = read_samples(shapes / "test.json")
     batch = processor(text=[processor.apply_chat_template(r["messages"], tokenize=False) for r in records[:4]],
                       images=[Image.open(r["images"][0]).convert("RGB") for r in records[:4]],
                       padding=True, return_tensors="pt")

@@ -18,7 +18,7 @@ def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> floa
     from transformers import TrainerCallback
 
     from vlmtune.config import OptimConfig, PeftConfig, TrainRecipeConfig
-    from vlmtune.data.llava import to_dataset
+    from vlmtune.data.records import to_dataset
     from vlmtune.model.checkpoint import load_vlm
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_peft, bnb_4bit_config
@@ -54,7 +54,7 @@ def main() -> None:
     import torch
 
     from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
-    from vlmtune.data.llava import read_llava_json
+    from vlmtune.data.records import read_samples
     from vlmtune.data.shapes import write_shapes_dataset
     from vlmtune.hydra_setup import cache_dir
     from vlmtune.model.checkpoint import save_checkpoint
@@ -68,8 +68,8 @@ def main() -> None:
         cfg = ModelConfig(vision=VisionConfig(path=str(parts["vision/siglip"]), select_strategy="full",
                                               feature_layer=-1), llm=LLMConfig(path=str(parts["llm/llama"])))
         base = save_checkpoint(*compose(cfg), out / "base", {"recipe": "bench"})
-        train = read_llava_json(data["train"])
-        test = read_llava_json(data["test"])
+        train = read_samples(data["train"])
+        test = read_samples(data["test"])
         steps = {m: _train_seconds_per_step(base, train, m, out) for m in ["none", "lora", "qlora"]}
         answers = {bs: _generate_seconds_per_answer(base, test, bs) for bs in [1, 8]}
 

@@ -54,9 +54,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = MISSING  # LLaVA-format JSON file of training conversations
-    test: str | None = None  # LLaVA-format JSON file held out for evaluation
-    image_root: str | None = None  # folder that image paths are relative to (default: the JSON file's folder)
+    train: str = MISSING  # training data: a .json / .jsonl / .parquet file, a datasets folder or a datasets hub id
+    test: str | None = None  # held-out data for evaluation, in the same forms
+    format: str = "auto"  # llava | sharegpt | messages | auto (by each record's keys); see vlmtune/data/formats.py
+    split: str = "train"  # split of `train` when it is a datasets folder or hub id
+    test_split: str = "test"  # split of `test` when it is a datasets folder or hub id
+    image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
+    on_error: str = "raise"  # a bad sample: raise (stop, naming file and sample) | skip (leave it out, count it)
+    verify_images: str = "header"  # check images up front: header (exists, readable, size) | full (decode all)
+    max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs (PIL's default limit)
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples
     max_test_samples: int | None = None  # evaluate only the first N test samples

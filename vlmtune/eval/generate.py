@@ -13,17 +13,8 @@ from typing import Any
 
 import torch
 
-from vlmtune.data.llava import split_prompt
-
-
-def _load_images(paths: Sequence[str]):
-    from PIL import Image
-
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return images
+from vlmtune.data.images import load_image
+from vlmtune.data.records import split_prompt
 
 
 def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
@@ -49,7 +40,7 @@ def generate_answers(
         batch = records[start : start + batch_size]
         prompts, targets = zip(*(split_prompt(r["messages"]) for r in batch), strict=True)
         texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        images = [image for r in batch for image in _load_images(r["images"])]
+        images = [load_image(image, f"sample {r['id']!r}") for r in batch for image in r["images"]]
         inputs = processor(
             text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
         ).to(device)

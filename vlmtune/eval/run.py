@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.config import DataConfig, EvalConfig
-from vlmtune.data.llava import blank_images, read_llava_json
+from vlmtune.data.records import blank_images, read_split
 from vlmtune.eval.generate import generate_distributed, score_exact_match
 
 
@@ -15,7 +15,7 @@ def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
     """The test split, blanked like the training images when the run is a blind baseline."""
     if not data.test:
         raise ValueError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
-    records = read_llava_json(data.test, data.image_root, data.max_test_samples)
+    records = read_split(data, "test")
     return blank_images(records, blank_dir) if data.blank_images else records
 
 

@@ -1,0 +1,58 @@
+"""Bad-input errors and the report that counts them.
+
+Every data problem is a `DataError` with a `kind` (for the report) and a message that names the file, the sample
+and what to do. With `data.on_error=raise` the first one stops the run; with `skip` the sample is left out and
+counted in a `DataReport`, which the run prints and logs: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and sample and says what to do."""
+
+    def __init__(self, message: str, kind: str = "invalid_sample"):
+        super().__init__(message)
+        self.kind = kind  # e.g. missing_image, corrupt_image, placeholder_mismatch: the report's row
+
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class DataReport:
+    """What reading a dataset found: samples kept, images, and errors by kind with their first messages."""
+
+    samples: int = 0  # samples read (kept + skipped)
+    kept: int = 0  # samples that go on to training / evaluation
+    images: int = 0  # images in the kept samples
+    errors: Counter = field(default_factory=Counter)  # kind -> count of skipped samples
+    examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> the first few messages
+    dropped: Counter = field(default_factory=Counter)  # reason -> samples dropped later (e.g. too long)
+
+    def add_error(self, error: DataError, keep_examples: int = 3) -> None:
+        self.errors[error.kind] += 1
+        self.examples.setdefault(error.kind, [])
+        if len(self.examples[error.kind]) < keep_examples:
+            self.examples[error.kind].append(str(error))
+
+    def summary(self) -> str:
+        lines = [f"samples {self.samples}, kept {self.kept}, images {self.images}"]
+        for kind, count in sorted(self.errors.items()):
+            lines.append(f"  skipped {count} x {kind}: {self.examples[kind][0]}")
+        for reason, count in sorted(self.dropped.items()):
+            lines.append(f"  dropped {count} x {reason}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"samples": self.samples, "kept": self.kept, "images": self.images, "errors": dict(self.errors),
+                "dropped": dict(self.dropped), "examples": self.examples}
+
+
+def check_on_error(value: str) -> str:
+    if value not in ON_ERROR:
+        raise ValueError(f"data.on_error={value!r}: expected one of {', '.join(ON_ERROR)}")
+    return value

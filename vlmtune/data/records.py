@@ -1,0 +1,156 @@
+"""Samples for training and evaluation: read any supported source and format, check it, count what is wrong.
+
+`read_samples` turns a data file (or `datasets` dataset) into canonical samples (see formats.py), checks every
+sample and its images, and applies `data.on_error`: `raise` stops at the first problem with a message naming the
+file and sample; `skip` leaves the sample out and counts it in the `DataReport`. `to_dataset` makes the
+`datasets.Dataset` (`messages` + `images`) that TRL's vision collator trains on; images are decoded on access by
+`load_image`, which converts every mode to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.formats import to_sample
+from vlmtune.data.images import MAX_PIXELS, load_image
+from vlmtune.data.sources import read_rows
+
+
+def check_image_header(image: Any, where: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Cheap up-front check of one image: it exists, PIL recognises it, it is not a decompression bomb.
+
+    Decoding (which catches truncation) happens when the sample is used, through `load_image`, with the same kind
+    of error; `vlmtune data check` and `data.verify_images=full` decode every image up front.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(image, str):
+        return  # bytes and PIL images are decoded by load_image
+    if not Path(image).is_file():
+        raise DataError(f"{where}: image file {image} does not exist (check the path and data.image_root)",
+                        "missing_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            with Image.open(image) as opened:
+                width, height = opened.size
+    except Image.DecompressionBombError:
+        width = height = max_pixels + 1  # far above PIL's own limit: reported below
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: image file {image} is not an image PIL can read (corrupt or unsupported format)",
+                        "corrupt_image") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: image file {image} is corrupt ({err})", "corrupt_image") from None
+    if width * height > max_pixels:
+        raise DataError(f"{where}: image file {image} has {width}x{height} pixels, more than data.max_image_pixels="
+                        f"{max_pixels}: a decompression bomb, or downscale it first", "decompression_bomb")
+
+
+def read_samples(
+    source: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    fmt: str = "auto",
+    on_error: str = "raise",
+    limit: int | None = None,
+    split: str = "train",
+    verify_images: str = "header",
+    max_image_pixels: int = MAX_PIXELS,
+    report: DataReport | None = None,
+) -> list[dict[str, Any]]:
+    """Canonical samples from `source`; bad samples raise or (on_error=skip) are counted in `report` and left out."""
+    check_on_error(on_error)
+    if verify_images not in ("header", "full"):
+        raise ValueError(f"data.verify_images={verify_images!r}: expected header or full")
+    report = report if report is not None else DataReport()
+    path = Path(source)
+    root = Path(image_root) if image_root else (path.parent if path.is_file() else path)
+    samples = []
+    for where, row in read_rows(source, split):
+        if limit is not None and len(samples) >= limit:
+            break
+        report.samples += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            sample = to_sample(row, fmt, where, root)
+            if sample["id"] is None:
+                sample["id"] = where  # a stable name for evaluation and error messages
+            for image in sample["images"]:
+                if verify_images == "full":
+                    load_image(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
+                else:
+                    check_image_header(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
+        except DataError as error:
+            if on_error == "raise":
+                raise
+            report.add_error(error)
+            continue
+        samples.append(sample)
+        report.kept += 1
+        report.images += len(sample["images"])
+    if not samples:
+        raise DataError(f"{source}: no usable samples\n{report.summary()}", "empty")
+    return samples
+
+
+def read_split(data, which: str, report: DataReport | None = None) -> list[dict[str, Any]]:
+    """The `train` or `test` split that a DataConfig names, read with its settings."""
+    source = data.train if which == "train" else data.test
+    limit = data.max_train_samples if which == "train" else data.max_test_samples
+    return read_samples(source, image_root=data.image_root, fmt=data.format, on_error=data.on_error, limit=limit,
+                        split=data.split if which == "train" else data.test_split,
+                        verify_images=data.verify_images, max_image_pixels=data.max_image_pixels, report=report)
+
+
+def blank_images(records: list[dict], out_dir: str | Path) -> list[dict]:
+    """Swap every image for one uniform grey image: the blind baseline, same text and model, nothing to see.
+
+    The grey image has the size of the first image, is written to `out_dir/blank.png`, and is used for training
+    and testing alike, so the baseline measures what the text alone gives away.
+    """
+    from PIL import Image
+
+    first = next((r["images"][0] for r in records if r["images"]), None)
+    if first is None:
+        return records
+    size = load_image(first, "blank_images").size
+    blank = Path(out_dir) / "blank.png"
+    if not blank.exists():  # every rank may get here: write through a private file, then rename
+        blank.parent.mkdir(parents=True, exist_ok=True)
+        private = blank.with_name(f".blank-{os.getpid()}.png")
+        Image.new("RGB", size, (128, 128, 128)).save(private)
+        os.replace(private, blank)
+    return [{**r, "images": [str(blank)] * len(r["images"])} for r in records]
+
+
+def _decode_images(batch: dict[str, list]) -> dict[str, list]:
+    batch["images"] = [[load_image(image, f"sample {sample_id!r}") for image in images]
+                       for sample_id, images in zip(batch["id"], batch["images"], strict=True)]
+    return batch
+
+
+def to_dataset(records: list[dict]):
+    """A `datasets.Dataset` of messages + images; images (paths, bytes or PIL) are decoded by `load_image` on access."""
+    from datasets import Dataset, Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string")}
+    features = Features({
+        "id": Value("string"),
+        "messages": List({"role": Value("string"), "content": List(part)}),
+        "images": List(Image(decode=False)),
+        "kind": Value("string"),
+    })
+    dataset = Dataset.from_list([{k: r[k] for k in features} for r in records], features=features)
+    return dataset.with_transform(_decode_images)
+
+
+def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
+    """(prompt messages, target text): the last assistant turn is what evaluation compares against."""
+    target = "".join(p["text"] or "" for p in messages[-1]["content"] if p["type"] == "text")
+    return messages[:-1], target
