@@ -14,7 +14,7 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from vlmtune.data.records import read_split, to_dataset
+    from vlmtune.data.records import to_dataset, training_samples
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.runs import is_main_process, log, start_run
@@ -28,8 +28,9 @@ def main(cfg: DictConfig) -> None:
     freeze_all_but_projector(model)
     log.info("parameters:\n%s", parameter_table(model))
 
-    captions = to_dataset(read_split(cfg.data, "train"))
-    fit(model, processor, captions, cfg, run.dir / "trainer", report_to=run.report_to)
+    captions, report = training_samples(cfg.data, processor)
+    run.record_data("train", report)
+    fit(model, processor, to_dataset(captions), cfg, run.dir / "trainer", report_to=run.report_to)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())

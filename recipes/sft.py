@@ -18,7 +18,7 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from vlmtune.data.records import blank_images, read_split, to_dataset
+    from vlmtune.data.records import blank_images, to_dataset, training_samples
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
@@ -43,7 +43,8 @@ def main(cfg: DictConfig) -> float | None:
     model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
     log.info("parameters:\n%s", parameter_table(model))
 
-    records = read_split(cfg.data, "train")
+    records, report = training_samples(cfg.data, processor)
+    run.record_data("train", report)
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
     callbacks = []

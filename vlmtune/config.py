@@ -63,6 +63,8 @@ class DataConfig:
     on_error: str = "raise"  # a bad sample: raise (stop, naming file and sample) | skip (leave it out, count it)
     verify_images: str = "header"  # check images up front: header (exists, readable, size) | full (decode all)
     max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs (PIL's default limit)
+    max_length: int | None = None  # tokens per sample, image tokens included; None = no limit
+    truncation: str = "drop_turns"  # over max_length: drop_turns (trailing exchanges) | drop_sample; never mid-image
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples
     max_test_samples: int | None = None  # evaluate only the first N test samples

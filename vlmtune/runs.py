@@ -68,6 +68,17 @@ class Run:
         if self.tracker is not None:
             self.tracker.log(metrics, step=step)
 
+    def record_data(self, name: str, report) -> None:
+        """Print a DataReport, keep it in <run_dir>/data_<name>.json and in the W&B summary."""
+        import json
+
+        log.info("%s data:\n%s", name, report.summary())
+        if is_main_process():
+            (self.dir / f"data_{name}.json").write_text(json.dumps(report.as_dict(), indent=1))
+        if self.tracker is not None:
+            self.tracker.summary.update({f"data/{name}/{k}": v for k, v in report.as_dict().items()
+                                         if k in ("samples", "kept", "images", "errors", "dropped")})
+
     def finish(self) -> None:
         """Close W&B, then the process group: gloo threads left running at interpreter exit can abort a rank
         ("terminate called without an active exception") after all the work is done."""

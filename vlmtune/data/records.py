@@ -154,3 +154,14 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
     """(prompt messages, target text): the last assistant turn is what evaluation compares against."""
     target = "".join(p["text"] or "" for p in messages[-1]["content"] if p["type"] == "text")
     return messages[:-1], target
+
+
+def training_samples(data, processor) -> tuple[list[dict[str, Any]], DataReport]:
+    """The training split read, checked and measured with the model's processor, and the report of what was found."""
+    from vlmtune.data.lengths import fit_lengths
+
+    report = DataReport()
+    samples = read_split(data, "train", report)
+    samples = fit_lengths(samples, processor, max_length=data.max_length, truncation=data.truncation,
+                          on_error=data.on_error, report=report)
+    return samples, report

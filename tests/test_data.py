@@ -1,0 +1,281 @@
+"""Data: every format loads, every kind of bad input gives its message (and `skip` counts it), image modes convert
+correctly, lengths are the collator's, and truncation never cuts an image block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmtune.data.errors import DataError, DataReport
+from vlmtune.data.images import load_image
+from vlmtune.data.records import read_samples, to_dataset
+
+
+def _turns(question: str = "<image>\nWhat color?", answer: str = "red") -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")
+    Image.new("RGB", (16, 16), "blue").save(tmp_path / "blue.png")
+    return tmp_path
+
+
+def _write_json(path: Path, records) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_llava_json(folder):
+    path = _write_json(folder / "llava.json", [{"id": "a", "image": "red.png", "conversations": _turns()}])
+    [sample] = read_samples(path)
+    assert sample["id"] == "a" and sample["images"] == [str(folder / "red.png")]
+    assert [m["role"] for m in sample["messages"]] == ["user", "assistant"]
+    assert sample["messages"][0]["content"][0] == {"type": "image", "text": None}
+
+
+def test_sharegpt_jsonl_with_system_multi_image_and_text_only(folder):
+    rows = [
+        {"conversations": _turns("<image><image>Compare.", "same"), "images": ["red.png", "blue.png"],
+         "system": "Be brief."},
+        {"conversations": _turns("Say hi.", "hi")},
+    ]
+    path = folder / "sharegpt.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    two, text_only = read_samples(path, fmt="sharegpt")
+    assert [m["role"] for m in two["messages"]] == ["system", "user", "assistant"]
+    assert len(two["images"]) == 2 and text_only["images"] == []
+    assert two["id"].endswith("sharegpt.jsonl:1")  # no id: the file and line name the sample
+
+
+def test_messages_format_with_parts_strings_and_inline_images(folder):
+    records = [
+        {"id": "parts", "images": ["red.png"], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]},
+        {"id": "inline", "messages": [
+            {"role": "user", "content": [{"type": "image", "image": "blue.png"}, {"type": "text", "text": "Color?"}]},
+            {"role": "assistant", "content": "blue"}]},
+        {"id": "multi-turn", "images": ["red.png"], "messages": [
+            {"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "a square"},
+            {"role": "user", "content": "Color?"}, {"role": "assistant", "content": "red"}]},
+    ]
+    parts, inline, multi = read_samples(_write_json(folder / "messages.json", records))
+    assert parts["images"] == [str(folder / "red.png")] and inline["images"] == [str(folder / "blue.png")]
+    assert len(multi["messages"]) == 4
+
+
+def test_parquet_with_image_bytes_and_datasets_folder(folder):
+    from datasets import Dataset
+
+    png = (folder / "red.png").read_bytes()
+    rows = {"id": ["p0"], "images": [[{"bytes": png, "path": None}]],
+            "messages": [[{"role": "user", "content": "<image>Color?"}, {"role": "assistant", "content": "red"}]]}
+    Dataset.from_dict(rows).to_parquet(str(folder / "data.parquet"))
+    [sample] = read_samples(folder / "data.parquet")
+    assert load_image(sample["images"][0], "test").getpixel((0, 0)) == (255, 0, 0)
+
+    Dataset.from_dict(rows).save_to_disk(str(folder / "saved"))
+    [saved] = read_samples(folder / "saved")
+    dataset = to_dataset([saved])  # bytes go through the same Dataset + lazy decoding as paths
+    assert dataset[0]["images"][0].getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_image_root_is_configurable(folder):
+    (folder / "data").mkdir()
+    path = _write_json(folder / "data" / "d.json", [{"id": "a", "image": "red.png", "conversations": _turns()}])
+    with pytest.raises(DataError, match="does not exist"):
+        read_samples(path)
+    assert read_samples(path, image_root=folder)[0]["images"] == [str(folder / "red.png")]
+
+
+@pytest.mark.parametrize(
+    ("mode", "make", "expected"),
+    [
+        ("CMYK", lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
+        ("I;16", lambda: Image.fromarray(np.full((4, 4), 65535 // 2, dtype=np.uint16)), (128, 128, 128)),
+        ("P+transparency", lambda: _palette_with_transparency(), (255, 255, 255)),
+        ("RGBA", lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)), (255, 255, 255)),
+        ("RGBA half", lambda: Image.new("RGBA", (4, 4), (0, 0, 0, 128)), (127, 127, 127)),
+        ("L", lambda: Image.new("L", (4, 4), 200), (200, 200, 200)),
+        ("LA", lambda: Image.new("LA", (4, 4), (0, 255)), (0, 0, 0)),
+    ],
+)
+def test_unusual_modes_convert_to_rgb(tmp_path, mode, make, expected):
+    path = tmp_path / ("image.tiff" if mode == "CMYK" else "image.png")
+    make().save(path)
+    image = load_image(str(path), "test")
+    assert image.mode == "RGB"
+    assert all(abs(a - b) <= 1 for a, b in zip(image.getpixel((1, 1)), expected, strict=True)), image.getpixel((1, 1))
+
+
+def _palette_with_transparency():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0] * 256)
+    image.info["transparency"] = 0
+    return image
+
+
+def _bad_records(folder: Path) -> dict[str, tuple[dict, str, str]]:
+    """kind -> (record, message fragment, kind reported)."""
+    (folder / "corrupt.png").write_bytes(b"not an image at all")
+    Image.new("RGB", (64, 64), "green").save(folder / "big.png")
+    (folder / "truncated.png").write_bytes((folder / "big.png").read_bytes()[:60])
+    return {
+        "missing": ({"id": "m", "image": "nope.png", "conversations": _turns()}, "does not exist", "missing_image"),
+        "corrupt": ({"id": "c", "image": "corrupt.png", "conversations": _turns()}, "not an image PIL can read",
+                    "corrupt_image"),
+        "truncated": ({"id": "t", "image": "truncated.png", "conversations": _turns()}, "corrupt",
+                      "corrupt_image"),
+        "too many placeholders": ({"id": "p", "image": "red.png", "conversations": _turns("<image><image>Q")},
+                                  r"2 <image> placeholder\(s\) but 1 image", "placeholder_mismatch"),
+        "image without placeholder": ({"id": "q", "image": "red.png", "conversations": _turns("Q")},
+                                      r"0 <image> placeholder\(s\) but 1 image", "placeholder_mismatch"),
+        "empty answer": ({"id": "e", "image": "red.png", "conversations": _turns(answer="  ")},
+                         "assistant turn is empty", "empty_answer"),
+        "missing answer": ({"id": "n", "conversations": [{"from": "human", "value": "Q"}]}, "out of order",
+                           "role_order"),
+        "wrong role order": ({"id": "w", "conversations": [{"from": "gpt", "value": "A"},
+                                                           {"from": "human", "value": "Q"}]},
+                             "out of order", "role_order"),
+        "unknown role": ({"id": "u", "conversations": [{"from": "robot", "value": "Q"}]}, "each turn needs",
+                         "bad_format"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "too many placeholders",
+                                  "image without placeholder", "empty answer", "missing answer", "wrong role order",
+                                  "unknown role"])
+def test_bad_sample_raises_naming_file_and_sample_then_skip_counts_it(folder, case):
+    record, message, kind = _bad_records(folder)[case]
+    good = {"id": "good", "image": "red.png", "conversations": _turns()}
+    path = _write_json(folder / "data.json", [good, record])
+    verify = "full" if case == "truncated" else "header"
+    with pytest.raises(DataError, match=message) as error:
+        read_samples(path, verify_images=verify)
+    assert str(path) in str(error.value) and repr(record["id"]) in str(error.value)
+    report = DataReport()
+    kept = read_samples(path, on_error="skip", verify_images=verify, report=report)
+    assert [s["id"] for s in kept] == ["good"]
+    assert report.samples == 2 and report.kept == 1 and report.errors == {kind: 1}
+    assert f"skipped 1 x {kind}" in report.summary()
+
+
+def test_truncated_image_fails_clearly_when_decoded_for_training(folder):
+    _bad_records(folder)
+    path = _write_json(folder / "data.json", [{"id": "t", "image": "truncated.png", "conversations": _turns()}])
+    dataset = to_dataset(read_samples(path))  # header check passes: a PNG signature and size
+    with pytest.raises(DataError, match=r"sample 't'.*truncated.png is truncated or corrupt"):
+        dataset[0]
+
+
+def test_decompression_bomb_is_refused(folder):
+    Image.new("1", (10_000, 9_000)).save(folder / "bomb.png")  # 90 M pixels in a few KB
+    path = _write_json(folder / "data.json", [{"id": "b", "image": "bomb.png", "conversations": _turns()}])
+    with pytest.raises(DataError, match="decompression bomb"):
+        read_samples(path)
+    with pytest.raises(DataError, match="too large to decode safely"):
+        load_image(str(folder / "bomb.png"), "test")
+    report = DataReport()
+    with pytest.raises(DataError, match="no usable samples"):
+        read_samples(path, on_error="skip", report=report)
+    assert report.errors == {"decompression_bomb": 1}
+
+
+def test_non_utf8_and_malformed_lines(folder):
+    good = json.dumps({"id": "good", "image": "red.png", "conversations": _turns()}).encode()
+    path = folder / "data.jsonl"
+    path.write_bytes(b"\n".join([good, '{"id": "latin", "conversations": []}'.replace("latin", "caf\xe9")
+                                 .encode("latin-1"), b'{"id": "broken", ', good]))
+    with pytest.raises(DataError, match=r"data.jsonl:2: not UTF-8"):
+        read_samples(path)
+    report = DataReport()
+    kept = read_samples(path, on_error="skip", report=report)
+    assert len(kept) == 2 and report.errors == {"encoding": 1, "malformed_json": 1}
+    assert any("data.jsonl:3: not valid JSON" in m for m in report.examples["malformed_json"])
+
+    whole = folder / "latin.json"
+    whole.write_bytes('[{"id": "caf\xe9"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin.json: not UTF-8"):
+        read_samples(whole)
+
+
+def test_unknown_format_key_lists_valid_ones(folder):
+    path = _write_json(folder / "d.json", [{"id": "a", "conversations": _turns("Q")}])
+    with pytest.raises(KeyError, match="data.format='alpaca'.*llava, messages, sharegpt"):
+        read_samples(path, fmt="alpaca")
+
+
+@pytest.fixture(scope="module")
+def processor(tiny):
+    from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
+    from vlmtune.model.compose import compose
+
+    vision = VisionConfig(path=str(tiny / "vision" / "clip"), select_strategy="default")
+    return compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))[1]
+
+
+def _multi_turn(folder: Path) -> list[dict]:
+    """Three exchanges; the second brings a second image."""
+    return [{"id": "mt", "image": ["red.png", "blue.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "<image>\nAnd this one?"}, {"from": "gpt", "value": "blue"},
+        {"from": "human", "value": "Same?"}, {"from": "gpt", "value": "no"}]},
+        {"id": "one", "image": "red.png", "conversations": _turns()}]
+
+
+def test_measured_lengths_are_the_collators(folder, processor):
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from vlmtune.data.lengths import fit_lengths, image_token_count, measure
+
+    samples = read_samples(_write_json(folder / "d.json", _multi_turn(folder)))
+    batch = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)(list(to_dataset(samples)))
+    collated = batch["attention_mask"].sum(dim=1).tolist()
+    assert [s["length"] for s in fit_lengths(samples, processor, max_length=None)] == collated
+    assert image_token_count(processor) == 9
+    # The image-dependent path (the processor run on the decoded images) gives the same numbers.
+    assert [measure(s, processor, None)[0] for s in samples] == collated
+    assert [measure(s, processor, None)[1] for s in samples] == (batch["labels"] != -100).sum(dim=1).tolist()
+
+
+def test_truncation_drops_whole_turns_never_part_of_an_image(folder, processor):
+    from vlmtune.data.lengths import fit_lengths
+
+    samples = read_samples(_write_json(folder / "d.json", _multi_turn(folder)))
+    full = fit_lengths(samples, processor, max_length=None)[0]["length"]
+    report = DataReport()
+    kept = fit_lengths(samples, processor, max_length=full - 1, report=report)
+    shortened = kept[0]
+    assert [m["role"] for m in shortened["messages"]] == ["user", "assistant"] * 2  # the third exchange went
+    assert len(shortened["images"]) == 2 and shortened["length"] < full
+    # Two exchanges are still too long for a tighter limit: the second image goes with its turn, not in halves.
+    first_only = fit_lengths(samples, processor, max_length=shortened["length"] - 1)[0]
+    assert len(first_only["images"]) == 1 and len(first_only["messages"]) == 2
+    assert report.dropped == {"too long: trailing turns dropped": 1}
+
+    report = DataReport()
+    kept = fit_lengths(samples, processor, max_length=full - 1, truncation="drop_sample", report=report)
+    assert [s["id"] for s in kept] == ["one"] and report.dropped == {"too long: sample dropped": 1}
+
+
+def test_a_sample_with_no_supervised_token_is_an_error(folder, processor):
+    import copy
+
+    from vlmtune.data.lengths import fit_lengths
+
+    samples = read_samples(_write_json(folder / "d.json", _multi_turn(folder)))
+    unmarked = copy.copy(processor)
+    unmarked.chat_template = processor.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", "")
+    with pytest.raises(DataError, match="sample 'mt': no token of it is supervised"):
+        fit_lengths(samples, unmarked, max_length=None)
+    report = DataReport()
+    with pytest.raises(DataError, match="no sample fits"):
+        fit_lengths(samples, unmarked, max_length=None, on_error="skip", report=report)
+    assert report.errors == {"no_supervised_tokens": 2}

@@ -1,0 +1,106 @@
+"""True sample lengths before batching: text tokens plus the image tokens each placeholder expands to.
+
+A collator that truncates a tokenized multimodal sample can cut an image block in half ("Image features and image
+tokens do not match") or cut off the answer (a loss-0 sample). Here every sample is measured up front with the
+processor's own chat template and assistant mask: a sample with no supervised token is an error, and a sample over
+`data.max_length` loses its trailing turns (`data.truncation=drop_turns`) or is dropped whole (`drop_sample`),
+counted in the report, so nothing is ever cut inside an image block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.images import load_image
+
+TRUNCATION = ("drop_turns", "drop_sample")
+
+
+def image_token_count(processor) -> int | None:
+    """Tokens one `<image>` placeholder expands to, for fixed-count processors (None: it depends on the image)."""
+    from PIL import Image
+
+    image_token = getattr(processor, "image_token", None)
+    if image_token is None or type(processor).__name__ not in ("LlavaProcessor", "VlmtuneProcessor"):
+        return None
+    ids = processor(text=image_token, images=[Image.new("RGB", (64, 64))], return_tensors="pt")["input_ids"][0]
+    return int((ids == processor.tokenizer.convert_tokens_to_ids(image_token)).sum())
+
+
+def measure(sample: dict[str, Any], processor, per_image: int | None) -> tuple[int, int]:
+    """(tokens, supervised tokens) of one sample as the model will see it."""
+    if per_image is None:  # image-dependent expansion: run the processor itself on the decoded images
+        images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
+        out = processor.apply_chat_template(
+            [_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        return len(out["input_ids"][0]), int(sum(out["assistant_masks"][0]))
+    out = processor.tokenizer.apply_chat_template(
+        sample["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        chat_template=processor.chat_template,
+    )
+    # Each placeholder is one token of the rendered text and becomes `per_image` tokens in the processor.
+    return len(out["input_ids"]) + len(sample["images"]) * (per_image - 1), int(sum(out["assistant_masks"]))
+
+
+def _with_images(messages: list[dict], images: list) -> list[dict]:
+    """Messages whose image parts carry the decoded images, as processors' apply_chat_template expects."""
+    remaining = iter(images)
+    return [{**m, "content": [{"type": "image", "image": next(remaining)} if p["type"] == "image" else p
+                              for p in m["content"]]} for m in messages]
+
+
+def _drop_last_exchange(sample: dict[str, Any]) -> dict[str, Any] | None:
+    """The sample without its last user/assistant exchange (and that exchange's images), or None if one is left."""
+    messages = sample["messages"]
+    user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if len(user_turns) < 2:
+        return None
+    cut = user_turns[-1]
+    kept_images = sum(p["type"] == "image" for m in messages[:cut] for p in m["content"])
+    return {**sample, "messages": messages[:cut], "images": sample["images"][:kept_images]}
+
+
+def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | None, truncation: str = "drop_turns",
+                on_error: str = "raise", report: DataReport | None = None) -> list[dict[str, Any]]:
+    """Measure every sample; refuse all-masked ones; bring long ones under `max_length` by whole turns or drop them.
+
+    Adds `length` (tokens) to each kept sample, for length-grouped batching and the report's histogram.
+    """
+    check_on_error(on_error)
+    if truncation not in TRUNCATION:
+        raise ValueError(f"data.truncation={truncation!r}: expected one of {', '.join(TRUNCATION)}")
+    report = report if report is not None else DataReport()
+    per_image = image_token_count(processor)
+    kept = []
+    for sample in samples:
+        length, supervised = measure(sample, processor, per_image)
+        if supervised == 0:
+            error = DataError(f"sample {sample['id']!r}: no token of it is supervised (the chat template's "
+                              "assistant mask is empty): it would train with loss 0; check model.template",
+                              "no_supervised_tokens")
+            if on_error == "raise":
+                raise error
+            report.add_error(error)
+            continue
+        shortened = False
+        while max_length is not None and length > max_length:
+            sample = _drop_last_exchange(sample) if truncation == "drop_turns" else None
+            if sample is None:
+                break
+            shortened = True
+            length, supervised = measure(sample, processor, per_image)
+        if sample is None:
+            report.dropped["too long: sample dropped"] += 1
+            continue
+        if shortened:
+            report.dropped["too long: trailing turns dropped"] += 1
+        kept.append({**sample, "length": length})
+        report.lengths.append(length)
+    report.kept = len(kept)
+    report.images = sum(len(s["images"]) for s in kept)
+    if not kept:
+        raise DataError(f"no sample fits data.max_length={max_length}\n{report.summary()}", "empty")
+    return kept
