@@ -8,7 +8,7 @@ projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` r
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -139,59 +139,99 @@ def _llava_strategy(cfg: VisionConfig, probe: VisionProbe) -> str | None:
     return cfg.select_strategy
 
 
-def compose(cfg: ModelConfig):
-    """Build the VLM and its processor that `cfg` describes (vision + LLM weights loaded, projector new).
+@dataclass
+class Blueprint:
+    """Everything a composed model needs except the LLM's weights: enough to build its processor cheaply."""
 
-    The result is a plain `llava` model when the projector is `mlp2x_gelu` and Llava can select the features itself;
-    otherwise it is the `vlmtune` model type (a Llava subclass with the chosen projector).
-    """
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    cfg: ModelConfig
+    vision: Any  # the loaded vision tower
+    image_processor: Any
+    tokenizer: Any  # the LLM's tokenizer with <image>, end-of-turn and pad tokens and the chat template
+    llm_config: Any  # the LLM's config (no weights)
+    probe: VisionProbe
+    projector: Any  # the new projector module
+    image_tokens: int  # tokens per image: the projector's declared count
+    llava_strategy: str | None  # Llava's select strategy, or None when only the vlmtune type can express it
 
-    from vlmtune.model.modeling import VlmtuneConfig, VlmtuneForConditionalGeneration, VlmtuneProcessor
+    @property
+    def plain_llava(self) -> bool:
+        return self.cfg.projector.name == "mlp2x_gelu" and self.llava_strategy is not None
+
+    def processor(self):
+        from transformers import LlavaProcessor
+
+        from vlmtune.model.modeling import VlmtuneProcessor
+
+        template = TEMPLATES.get(self.cfg.template)
+        if self.plain_llava:
+            return LlavaProcessor(
+                image_processor=self.image_processor,
+                tokenizer=self.tokenizer,
+                patch_size=self.vision.config.patch_size,
+                vision_feature_select_strategy=self.llava_strategy,
+                num_additional_image_tokens=self.probe.prefix_tokens,
+                chat_template=template,
+            )
+        return VlmtuneProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer,
+                                image_seq_length=self.image_tokens, chat_template=template)
+
+
+def blueprint(cfg: ModelConfig) -> Blueprint:
+    """Load the vision tower, tokenizer and LLM config, measure the image tokens, build the projector."""
+    from transformers import AutoConfig, AutoTokenizer
 
     if cfg.path is not None:
         raise ValueError("model.path is set (an existing HF VLM): load it with load_vlm, there is nothing to compose")
     dtype = getattr(torch, cfg.dtype)
-    template = TEMPLATES.get(cfg.template)
     options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
     projector_class = PROJECTORS.get(cfg.projector.name)
     _check_feature_layer(cfg.vision)
 
     vision = load_vision_tower(cfg.vision.path, dtype)
     image_processor = _image_processor(cfg.vision)
-    llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype)
+    llm_config = AutoConfig.from_pretrained(cfg.llm.path)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
     _prepare_tokenizer(tokenizer, cfg.llm.pad_token, END_OF_TURN[cfg.template])
-    tokenizer.chat_template = template
+    tokenizer.chat_template = TEMPLATES.get(cfg.template)
 
     probe = probe_vision(vision, image_processor, cfg.vision)
-    projector = projector_class(probe.feature_dim, llm.config.hidden_size, options).to(dtype)
+    projector = projector_class(probe.feature_dim, llm_config.hidden_size, options).to(dtype)
     if projector.needs_grid and probe.tokens != probe.grid[0] * probe.grid[1]:
         raise ValueError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
                          f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
                          "model.vision.select_strategy=patches")
-    image_tokens = projector.output_tokens(probe.tokens, probe.grid)
-    llava_strategy = _llava_strategy(cfg.vision, probe)
-    plain_llava = cfg.projector.name == "mlp2x_gelu" and llava_strategy is not None
+    return Blueprint(cfg, vision, image_processor, tokenizer, llm_config, probe, projector,
+                     projector.output_tokens(probe.tokens, probe.grid), _llava_strategy(cfg.vision, probe))
+
+
+def compose(cfg: ModelConfig):
+    """Build the VLM and its processor that `cfg` describes (vision + LLM weights loaded, projector new).
+
+    The result is a plain `llava` model when the projector is `mlp2x_gelu` and Llava can select the features itself;
+    otherwise it is the `vlmtune` model type (a Llava subclass with the chosen projector).
+    """
+    from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+
+    from vlmtune.model.modeling import VlmtuneConfig, VlmtuneForConditionalGeneration
+
+    parts = blueprint(cfg)
+    dtype = getattr(torch, cfg.dtype)
+    llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype)
+    tokenizer, probe = parts.tokenizer, parts.probe
     common = dict(
-        vision_config=vision.config,
+        vision_config=parts.vision.config,
         text_config=llm.config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=image_tokens,
+        image_seq_length=parts.image_tokens,
         projector_hidden_act="gelu",
         vision_feature_layer=cfg.vision.feature_layer,
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
-    if plain_llava:
-        config = LlavaConfig(**common, vision_feature_select_strategy=llava_strategy)
+    if parts.plain_llava:
+        config = LlavaConfig(**common, vision_feature_select_strategy=parts.llava_strategy)
         model_class = LlavaForConditionalGeneration
     else:
+        options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
         config = VlmtuneConfig(**common, vision_feature_select_strategy=cfg.vision.select_strategy,
                                vision_prefix_tokens=probe.prefix_tokens, vision_grid=list(probe.grid),
                                vision_feature_dim=probe.feature_dim, projector=options)
@@ -199,10 +239,11 @@ def compose(cfg: ModelConfig):
     # Build the shell on the meta device and move the loaded parts in: no second copy of the weights in memory.
     with torch.device("meta"):
         model = model_class(config)
-    model.model.vision_tower = vision
+    model.model.vision_tower = parts.vision
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
-    if plain_llava:  # transformers' own module, so the checkpoint stays a plain `llava` one
+    projector = parts.projector
+    if parts.plain_llava:  # transformers' own module, so the checkpoint stays a plain `llava` one
         from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
         projector = LlavaMultiModalProjector(config).to(dtype)
@@ -213,20 +254,7 @@ def compose(cfg: ModelConfig):
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[cfg.template])
     model.generation_config.eos_token_id = sorted({end_of_turn, *(_as_list(llm.generation_config.eos_token_id))})
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    if plain_llava:
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=vision.config.patch_size,
-            vision_feature_select_strategy=llava_strategy,
-            num_additional_image_tokens=probe.prefix_tokens,
-            chat_template=template,
-        )
-    else:
-        processor = VlmtuneProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                     image_seq_length=image_tokens, chat_template=template)
-    return model, processor
+    return model, parts.processor()
 
 
 def _as_list(value) -> list[int]:
