@@ -279,3 +279,31 @@ def test_a_sample_with_no_supervised_token_is_an_error(folder, processor):
     with pytest.raises(DataError, match="no sample fits"):
         fit_lengths(samples, unmarked, max_length=None, on_error="skip", report=report)
     assert report.errors == {"no_supervised_tokens": 2}
+
+
+def test_data_inspect_marks_spans_and_counts_tokens(cache, tmp_path):
+    from conftest import vlmtune
+
+    out = vlmtune("data", "inspect", "samples=2", "model/vision=tiny_clip", cwd=tmp_path)
+    headers = [line for line in out.splitlines() if line.startswith("--- sample")]
+    assert len(headers) == 2 and "supervised" in headers[0] and "+ 9 image (1 image(s))" in headers[0]
+    assert "<image x9>" in out and "[[" in out and "\033[" not in out  # piped: plain markers, no colour
+
+
+def test_data_check_reports_errors_by_kind_and_exits_nonzero(cache, folder):
+    import os
+    import subprocess
+    import sys
+
+    _bad_records(folder)
+    records = [{"id": "good", "image": "red.png", "conversations": _turns()},
+               {"id": "c", "image": "corrupt.png", "conversations": _turns()},
+               {"id": "t", "image": "truncated.png", "conversations": _turns()},
+               {"id": "p", "image": "red.png", "conversations": _turns("Q")}]
+    path = _write_json(folder / "data.json", records)
+    proc = subprocess.run([sys.executable, "-m", "vlmtune.cli", "data", "check", f"data.train={path}",
+                           "model/vision=tiny_clip"], capture_output=True, text=True, cwd=folder, env=os.environ)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "samples 4, kept 1, images 1" in proc.stdout
+    assert "skipped 2 x corrupt_image" in proc.stdout and "skipped 1 x placeholder_mismatch" in proc.stdout
+    assert "sample 't'" in proc.stdout  # the truncated file is found by decoding every image

@@ -19,6 +19,7 @@ RECIPES = {
     "quantize": "bitsandbytes 8-bit and 4-bit against full precision: bytes, load memory, accuracy",
     "export": "merge a LoRA/QLoRA adapter into its full-precision base: a standard checkpoint",
     "describe": "print the model sft would train: parts, parameters per part, image tokens, what is trainable",
+    "data": "`data inspect`: samples with supervised / masked / image spans; `data check`: validate and report",
 }
 
 
@@ -63,6 +64,9 @@ def _run_recipe(name: str, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"] and len(argv) > 1 and argv[1] in ("inspect", "check"):
+        _run_recipe("data", [f"action={argv[1]}", *argv[2:]])
+        return
     if argv and argv[0] in RECIPES:  # Hydra parses the rest (overrides, -m, --cfg job, --help)
         _run_recipe(argv[0], argv[1:])
         return

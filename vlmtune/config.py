@@ -165,6 +165,19 @@ class ExportRecipeConfig(RecipeConfig):
     checkpoint: str = MISSING  # adapter directory to merge into its base
 
 
+@dataclass
+class DataToolsConfig(RecipeConfig):
+    """`vlmtune data inspect|check`: the data as the model's processor renders it; writes nothing."""
+
+    action: str = "inspect"  # inspect: render `samples` samples | check: validate every sample and print a report
+    model: ModelConfig = field(default_factory=ModelConfig)  # whose processor renders the data (template, tokens)
+    data: DataConfig = field(default_factory=DataConfig)  # the data to look at
+    init_from: str | None = None  # take the processor from this checkpoint instead of composing `model`
+    split: str = "train"  # which split of `data`: train | test
+    samples: int = 3  # inspect: how many samples to render
+    color: str = "auto"  # inspect: auto (on a terminal) | always | never
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore; conf/<recipe>.yaml lists `<recipe>_schema` first in its defaults."""
     from hydra.core.config_store import ConfigStore
@@ -174,3 +187,4 @@ def register_configs() -> None:
     store.store(name="evaluate_schema", node=EvaluateRecipeConfig)
     store.store(name="quantize_schema", node=QuantizeRecipeConfig)
     store.store(name="export_schema", node=ExportRecipeConfig)
+    store.store(name="data_tools_schema", node=DataToolsConfig)
