@@ -118,6 +118,9 @@ def test_pad_token_fix_per_llm_family(tiny):
     from transformers import AutoTokenizer
 
     from vlmtune.model.compose import _prepare_tokenizer
+    from vlmtune.templates import TEMPLATES
+
+    chatml = TEMPLATES.get("chatml")
 
     def smollm_like():
         tokenizer = AutoTokenizer.from_pretrained(tiny / "llm" / "llama")
@@ -125,12 +128,12 @@ def test_pad_token_fix_per_llm_family(tiny):
         return tokenizer
 
     tokenizer = smollm_like()
-    _prepare_tokenizer(tokenizer, "<|endoftext|>", "<|im_end|>")
+    _prepare_tokenizer(tokenizer, "<|endoftext|>", chatml)
     assert tokenizer.pad_token == "<|endoftext|>"
     with pytest.raises(ValueError, match="also ends turns"):
-        _prepare_tokenizer(smollm_like(), "<|im_end|>", "<|im_end|>")
+        _prepare_tokenizer(smollm_like(), "<|im_end|>", chatml)
     with pytest.raises(ValueError, match="not a token of this tokenizer"):
-        _prepare_tokenizer(smollm_like(), "<|finetune_right_pad_id|>", "<|im_end|>")
+        _prepare_tokenizer(smollm_like(), "<|finetune_right_pad_id|>", chatml)
     tokenizer = smollm_like()
-    _prepare_tokenizer(tokenizer, None, "<|im_end|>")
+    _prepare_tokenizer(tokenizer, None, chatml)
     assert tokenizer.pad_token == "<pad>"

@@ -307,3 +307,40 @@ def test_data_check_reports_errors_by_kind_and_exits_nonzero(cache, folder):
     assert "samples 4, kept 1, images 1" in proc.stdout
     assert "skipped 2 x corrupt_image" in proc.stdout and "skipped 1 x placeholder_mismatch" in proc.stdout
     assert "sample 't'" in proc.stdout  # the truncated file is found by decoding every image
+
+
+TEMPLATE_NAMES = ["chatml", "llama3", "vicuna_v1", "mistral", "gemma", "phi3", "plain", "tokenizer"]
+# The token that ends each template's answers.
+END = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "phi3": "<|end|>",
+       "tokenizer": "<|im_end|>"}  # the others end with the EOS token (<|im_end|> in the tiny tokenizer too)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_template_supervises_exactly_the_assistant_turns(tiny, folder, template):
+    from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
+    from vlmtune.data.inspect import token_spans
+    from vlmtune.model.compose import blueprint
+    from vlmtune.templates import TEMPLATES
+
+    assert sorted(TEMPLATE_NAMES) == sorted(TEMPLATES)
+    vision = VisionConfig(path=str(tiny / "vision" / "siglip"), select_strategy="full")
+    cfg = ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama")), template=template)
+    processor = blueprint(cfg).processor()
+    answers = ["red", "a blue square", "no"]
+    record = {"id": "mt", "image": ["red.png", "blue.png"], "conversations": [
+        {"from": "system", "value": "Answer briefly."},
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": answers[0]},
+        {"from": "human", "value": "<image>\nAnd this one?"}, {"from": "gpt", "value": answers[1]},
+        {"from": "human", "value": "Same?"}, {"from": "gpt", "value": answers[2]}]}
+    [sample] = read_samples(_write_json(folder / "d.json", [record]))
+    spans = token_spans(sample, processor)
+    supervised = [processor.tokenizer.decode(ids) for kind, ids in spans if kind == "supervised"]
+    if template == "vicuna_v1":  # "ASSISTANT: a": the space belongs to the answer, or to no token on its own
+        supervised = [text.removeprefix(" ") for text in supervised]
+    end = END.get(template, processor.tokenizer.eos_token)
+    assert supervised == [answer + end for answer in answers]
+    assert [len(ids) for kind, ids in spans if kind == "image"] == [9, 9]
+    # The generation prompt continues a conversation exactly where a supervised answer would start.
+    prompt = processor.apply_chat_template(sample["messages"][:-1], add_generation_prompt=True, tokenize=False)
+    full = processor.apply_chat_template(sample["messages"], tokenize=False)
+    assert full.startswith(prompt)

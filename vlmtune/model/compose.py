@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlmtune.model.projectors import PROJECTORS
-from vlmtune.templates import END_OF_TURN, TEMPLATES
+from vlmtune.templates import TEMPLATES, Template
 
 if TYPE_CHECKING:
     from vlmtune.config import ModelConfig, VisionConfig
@@ -32,16 +32,26 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     return model_class.from_pretrained(path, dtype=dtype)
 
 
-def _prepare_tokenizer(tokenizer, pad_token: str | None, end_of_turn: str) -> None:
-    """Add the image placeholder, the template's end-of-turn token and a padding token where the tokenizer lacks them.
+def _prepare_tokenizer(tokenizer, pad_token: str | None, template: Template) -> str:
+    """Add the image placeholder, the template's markers and a padding token where the tokenizer lacks them; set the
+    chat template; return the token that ends an assistant turn.
 
     `pad_token` names an existing token to pad with (model.llm.pad_token, per LLM family); without one a dedicated
     `<pad>` is added: reusing EOS makes "mask = ids != pad" style code drop real end-of-turn tokens.
     """
+    end_of_turn = template.end_of_turn or tokenizer.eos_token
+    if end_of_turn is None:
+        raise ValueError("this chat template ends turns with the tokenizer's EOS token, but the tokenizer has none: "
+                         "pick another model.template")
+    if template.text:
+        tokenizer.chat_template = template.text
+    elif not tokenizer.chat_template:
+        raise ValueError("model.template=tokenizer, but the tokenizer has no chat template: pick one of the "
+                         "vlmtune templates (chatml, llama3, ...)")
     vocab = tokenizer.get_vocab()
-    missing = [token for token in (IMAGE_TOKEN, end_of_turn) if token not in vocab]
+    missing = [token for token in (IMAGE_TOKEN, end_of_turn, *template.special_tokens) if token not in vocab]
     if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
+        tokenizer.add_tokens(list(dict.fromkeys(missing)), special_tokens=True)
     # Some tokenizers pad with their end-of-turn/EOS token (SmolLM2 pads with <|im_end|>): that needs a fix too.
     if tokenizer.pad_token is None or tokenizer.pad_token in (end_of_turn, tokenizer.eos_token):
         if pad_token is not None and pad_token not in vocab:
@@ -51,6 +61,7 @@ def _prepare_tokenizer(tokenizer, pad_token: str | None, end_of_turn: str) -> No
             raise ValueError(f"model.llm.pad_token={pad_token!r} also ends turns: pick a token that never appears "
                              "in the data, or null to add <pad>")
         tokenizer.add_special_tokens({"pad_token": pad_token or "<pad>"})
+    return end_of_turn
 
 
 @dataclass
@@ -147,6 +158,7 @@ class Blueprint:
     vision: Any  # the loaded vision tower
     image_processor: Any
     tokenizer: Any  # the LLM's tokenizer with <image>, end-of-turn and pad tokens and the chat template
+    end_of_turn: str  # the token that ends an assistant turn: generation stops there
     llm_config: Any  # the LLM's config (no weights)
     probe: VisionProbe
     projector: Any  # the new projector module
@@ -162,7 +174,7 @@ class Blueprint:
 
         from vlmtune.model.modeling import VlmtuneProcessor
 
-        template = TEMPLATES.get(self.cfg.template)
+        template = self.tokenizer.chat_template
         if self.plain_llava:
             return LlavaProcessor(
                 image_processor=self.image_processor,
@@ -191,8 +203,7 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     image_processor = _image_processor(cfg.vision)
     llm_config = AutoConfig.from_pretrained(cfg.llm.path)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
-    _prepare_tokenizer(tokenizer, cfg.llm.pad_token, END_OF_TURN[cfg.template])
-    tokenizer.chat_template = TEMPLATES.get(cfg.template)
+    end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(cfg.template))
 
     probe = probe_vision(vision, image_processor, cfg.vision)
     projector = projector_class(probe.feature_dim, llm_config.hidden_size, options).to(dtype)
@@ -200,7 +211,7 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
         raise ValueError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
                          f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
                          "model.vision.select_strategy=patches")
-    return Blueprint(cfg, vision, image_processor, tokenizer, llm_config, probe, projector,
+    return Blueprint(cfg, vision, image_processor, tokenizer, end_of_turn, llm_config, probe, projector,
                      projector.output_tokens(probe.tokens, probe.grid), _llava_strategy(cfg.vision, probe))
 
 
@@ -251,7 +262,7 @@ def compose(cfg: ModelConfig):
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
-    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[cfg.template])
+    end_of_turn = tokenizer.convert_tokens_to_ids(parts.end_of_turn)
     model.generation_config.eos_token_id = sorted({end_of_turn, *(_as_list(llm.generation_config.eos_token_id))})
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, parts.processor()
