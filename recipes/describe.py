@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> None:
     from transformers.utils import logging as hf_logging
 
     from vlmtune.model.checkpoint import load_vlm
-    from vlmtune.model.hf_vlm import initial_model
+    from vlmtune.model.compose import compose
+    from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.model.parts import model_type_at
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
 
@@ -28,10 +29,10 @@ def main(cfg: DictConfig) -> None:
         model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
         source = [f"checkpoint  {cfg.init_from}"]
     elif cfg.model.path:
-        model, _ = initial_model(cfg.model)
+        model, _ = load_hf_vlm(cfg.model)
         source = [f"vlm         {cfg.model.path}"]
     else:
-        model, _ = initial_model(cfg.model)
+        model, _ = compose(cfg.model)
         source = [f"vision      {cfg.model.vision.path} (feature layer {cfg.model.vision.feature_layer}, "
                   f"{cfg.model.vision.select_strategy} tokens)",
                   f"llm         {cfg.model.llm.path}",

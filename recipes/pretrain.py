@@ -17,7 +17,8 @@ setup()
 def main(cfg: DictConfig) -> None:
     from vlmtune.data.llava import read_llava_json, to_dataset
     from vlmtune.model.checkpoint import save_checkpoint
-    from vlmtune.model.hf_vlm import initial_model
+    from vlmtune.model.compose import compose
+    from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import freeze_all_but_projector, parameter_table
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
 
-    model, processor = initial_model(cfg.model)  # composed parts, or an existing VLM with model.path
+    model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     freeze_all_but_projector(model)
     log.info("parameters:\n%s", parameter_table(model))
 

@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.llava import blank_images, read_llava_json, to_dataset
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
+    from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import model_path, prepare_for_training
     from vlmtune.model.parts import model_type_at
     from vlmtune.runs import is_main_process, log, start_run
@@ -41,8 +42,6 @@ def main(cfg: DictConfig) -> float | None:
     if start_from_hf:  # an existing HF VLM (model=hf_vlm): the adapter records its directory or hub id as its base
         base = model_path(cfg.model.path)
     elif base is None:  # compose the parts; the adapter needs its base on disk
-        from vlmtune.model.compose import compose
-
         base = run.dir / "base"
         if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
             save_checkpoint(*compose(cfg.model), base, run.provenance(stage="composed base"))

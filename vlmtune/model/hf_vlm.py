@@ -94,11 +94,3 @@ def load_hf_vlm(cfg, quantization_config=None):
     log.info("%s (%s): chat template %s", cfg.path, model.config.model_type, key)
     return model, processor
 
-
-def initial_model(cfg):
-    """The model a recipe starts from when there is no init_from: the VLM at `cfg.path`, else composed parts."""
-    if cfg.path is not None:
-        return load_hf_vlm(cfg)
-    from vlmtune.model.compose import compose
-
-    return compose(cfg)
