@@ -18,14 +18,19 @@ def main(cfg: DictConfig) -> None:
 
     from vlmtune.model.checkpoint import load_vlm
     from vlmtune.model.compose import compose
+    from vlmtune.model.hf_vlm import load_hf_vlm
+    from vlmtune.model.parts import model_type_at
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
 
     hf_logging.disable_progress_bar()
     cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
     if cfg.init_from:
-        quantization = bnb_4bit_config(cfg.peft) if cfg.peft.method == "qlora" else None
+        quantization = bnb_4bit_config(cfg.peft, model_type_at(cfg.init_from)) if cfg.peft.method == "qlora" else None
         model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
         source = [f"checkpoint  {cfg.init_from}"]
+    elif cfg.model.path:
+        model, _ = load_hf_vlm(cfg.model)
+        source = [f"vlm         {cfg.model.path}"]
     else:
         model, _ = compose(cfg.model)
         source = [f"vision      {cfg.model.vision.path} (feature layer {cfg.model.vision.feature_layer}, "
@@ -38,7 +43,7 @@ def main(cfg: DictConfig) -> None:
     config = model.config
     print("\n".join([
         *source,
-        f"model type  {config.model_type}; {config.image_seq_length} image tokens per image; "
+        f"model type  {config.model_type}; {getattr(config, 'image_seq_length', 'n/a')} image tokens per image; "
         f"template {cfg.model.template}; adaptation peft={cfg.peft.method}",
         "",
         parameter_table(model),

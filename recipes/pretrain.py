@@ -1,4 +1,5 @@
-"""Stage 1, projector alignment: compose vision encoder + new projector + LLM, train only the projector on captions.
+"""Stage 1, projector alignment: compose vision encoder + new projector + LLM (or load an existing VLM with
+`model.path`), train only the projector on captions.
 
 Run as `vlmtune pretrain [overrides]` or `accelerate launch recipes/pretrain.py [overrides]`.
 Writes <run_dir>/checkpoint: a standard transformers checkpoint that `sft init_from=` continues from.
@@ -17,6 +18,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.data.records import to_dataset, training_samples
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
+    from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import freeze_all_but_projector, parameter_table
@@ -24,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
 
-    model, processor = compose(cfg.model)
+    model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     freeze_all_but_projector(model)
     log.info("parameters:\n%s", parameter_table(model))
 

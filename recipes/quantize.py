@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> None:
 
     from vlmtune.eval.run import evaluate_model, held_out_records
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.model.parts import model_type_at
     from vlmtune.quantize import bnb_config, checkpoint_bytes, variant_name
     from vlmtune.runs import log, start_run
 
@@ -30,10 +31,11 @@ def main(cfg: DictConfig) -> None:
         source = run.dir / "merged"
 
     records = held_out_records(cfg.data, run.dir)
+    model_type = model_type_at(source)  # which modules stay in full precision depends on the architecture
     table = []
     for bits in [None, *cfg.bits]:
         name = variant_name(bits, cfg.quant_type)
-        quantization = None if bits is None else bnb_config(bits, cfg.quant_type)
+        quantization = None if bits is None else bnb_config(bits, cfg.quant_type, model_type=model_type)
         model, processor = load_vlm(source, quantization_config=quantization)
         _, metrics = evaluate_model(model, processor, records, cfg.eval)
         out = source

@@ -1,9 +1,10 @@
 """Stage 2, instruction tuning with TRL's SFTTrainer: LoRA (default), QLoRA or a full fine-tune of the LLM.
 
 Run as `vlmtune sft [overrides]` or `accelerate launch recipes/sft.py [overrides]`.
-`init_from=<checkpoint>` continues from a previous stage; without it the model is composed from `model.*` and its
-base is saved next to the adapter. Writes <run_dir>/checkpoint (an adapter directory under LoRA/QLoRA, a full
-checkpoint under peft=none) and, with `evaluate_at_end`, metrics.json and predictions.jsonl.
+`init_from=<checkpoint>` continues from a previous stage; without it the model is an existing HF VLM
+(`model=hf_vlm model.path=...`, its processor given a chat template with generation marks) or is composed from
+`model.*` and its base saved next to the adapter. Writes <run_dir>/checkpoint (an adapter directory under
+LoRA/QLoRA, a full checkpoint under peft=none) and, with `evaluate_at_end`, metrics.json and predictions.jsonl.
 """
 
 from pathlib import Path
@@ -18,10 +19,14 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    import torch
+
     from vlmtune.data.records import blank_images, to_dataset, training_samples
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
+    from vlmtune.model.hf_vlm import model_path, prepare_for_training
+    from vlmtune.model.parts import model_type_at
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
@@ -33,13 +38,21 @@ def main(cfg: DictConfig) -> float | None:
     base = cfg.init_from
     if base is not None and Path(base).exists():
         base = Path(base).resolve()  # the adapter records its base: keep it valid from any working directory
-    if base is None:  # compose the parts; the adapter needs its base on disk
+    start_from_hf = base is None and cfg.model.path is not None
+    if start_from_hf:  # an existing HF VLM (model=hf_vlm): the adapter records its directory or hub id as its base
+        base = model_path(cfg.model.path)
+    elif base is None:  # compose the parts; the adapter needs its base on disk
         base = run.dir / "base"
         if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
             save_checkpoint(*compose(cfg.model), base, run.provenance(stage="composed base"))
         run.wait_for_everyone()
-    quantization = bnb_4bit_config(cfg.peft) if cfg.peft.method == "qlora" else None
-    model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
+    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.peft.method == "qlora" else None
+    if start_from_hf:
+        model, processor = load_vlm(base, dtype=getattr(torch, cfg.model.dtype), quantization_config=quantization,
+                                    what="model.path")
+        prepare_for_training(model, processor, cfg.model.template)  # the chat template with generation marks
+    else:
+        model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
     model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
     log.info("parameters:\n%s", parameter_table(model))
 

@@ -309,10 +309,11 @@ def test_data_check_reports_errors_by_kind_and_exits_nonzero(cache, folder):
     assert "sample 't'" in proc.stdout  # the truncated file is found by decoding every image
 
 
-TEMPLATE_NAMES = ["chatml", "llama3", "vicuna_v1", "mistral", "gemma", "phi3", "plain", "tokenizer"]
+TEMPLATE_NAMES = ["chatml", "llama3", "vicuna_v1", "mistral", "gemma", "phi3", "plain", "native"]
+HF_VLM_TEMPLATES = ["llava", "llava_mistral", "idefics3", "qwen2_vl", "paligemma"]  # tested in test_hf_vlm.py
 # The token that ends each template's answers.
 END = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "phi3": "<|end|>",
-       "tokenizer": "<|im_end|>"}  # the others end with the EOS token (<|im_end|> in the tiny tokenizer too)
+       "native": "<|im_end|>"}  # the others end with the EOS token (<|im_end|> in the tiny tokenizer too)
 
 
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
@@ -322,7 +323,7 @@ def test_template_supervises_exactly_the_assistant_turns(tiny, folder, template)
     from vlmtune.model.compose import blueprint
     from vlmtune.templates import TEMPLATES
 
-    assert sorted(TEMPLATE_NAMES) == sorted(TEMPLATES)
+    assert sorted(TEMPLATE_NAMES + HF_VLM_TEMPLATES) == sorted(TEMPLATES)
     vision = VisionConfig(path=str(tiny / "vision" / "siglip"), select_strategy="full")
     cfg = ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama")), template=template)
     processor = blueprint(cfg).processor()

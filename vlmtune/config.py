@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 @dataclass
 class VisionConfig:
-    path: str = MISSING  # HF hub id or local directory of a vision encoder checkpoint (CLIP, SigLIP, DINOv2, ...)
+    # HF hub id or local directory of a vision encoder checkpoint (CLIP, SigLIP, DINOv2, ...); null with model.path
+    path: str | None = MISSING
     # Hidden layer(s) whose features feed the projector: an int (-1 = last) or a list whose features are concatenated.
     feature_layer: Any = -2
     # Which tokens of the encoder go on: "default" drops the first (CLS) token, "full" keeps every token, "patches"
@@ -25,7 +26,7 @@ class VisionConfig:
 
 @dataclass
 class LLMConfig:
-    path: str = MISSING  # HF hub id or local directory of a causal language model checkpoint
+    path: str | None = MISSING  # HF hub id or local directory of a causal language model; null with model.path
     tokenizer: str | None = None  # tokenizer location when it differs from `path`
     pad_token: str | None = None  # an existing token to pad with when the tokenizer has none; None adds "<pad>"
 
@@ -90,8 +91,9 @@ class PeftConfig:
     alpha: int = 32  # LoRA alpha (scale = alpha / r)
     dropout: float = 0.0  # LoRA dropout
     # LoRA goes on the LLM only: a full-path regex, because a bare list would also hit the vision tower's attention.
-    # Names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
-    target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|gate_up_proj|down_proj)"
+    # `{llm}` stands for the architecture's LLM module path (model.language_model, Idefics3's model.text_model, ...);
+    # the names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
+    target: str = r"{llm}\..*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|gate_up_proj|down_proj)"
     quant_type: str = "nf4"  # qlora: 4-bit weight type, nf4 | fp4
     double_quant: bool = True  # qlora: quantize the quantization constants too
     compute_dtype: str = "float32"  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)

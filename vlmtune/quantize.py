@@ -6,23 +6,27 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.model.parts import skip_modules
+
 # Vision tower, projector and lm_head stay in full precision: full module paths, because bitsandbytes matches
-# skip names from the root or as a suffix and a bare "vision_tower" would quantize it anyway.
-SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+# skip names from the root or as a suffix and a bare "vision_tower" would quantize it anyway. Per architecture
+# (vlmtune.model.parts): e.g. Idefics3 ["model.vision_model", "model.connector", "lm_head"], Qwen2-VL
+# ["model.visual", "lm_head"] (its projector, model.visual.merger, is inside the vision part).
+SKIP_MODULES = skip_modules("llava")
 
 
-def bnb_config(
-    bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32, double_quant: bool = True
-):
+def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32,
+               double_quant: bool = True, model_type: str = "llava"):
     """bitsandbytes settings that quantize the LLM only (QLoRA training and the quantize recipe share them)."""
     from transformers import BitsAndBytesConfig
 
+    skip = skip_modules(model_type)
     if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_MODULES)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                   bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
-                                  llm_int8_skip_modules=SKIP_MODULES)
+                                  llm_int8_skip_modules=skip)
     raise ValueError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
 
 

@@ -6,8 +6,8 @@ strings: the supervised tokens are exactly each assistant turn plus the token th
 a string or a list of parts (`{"type": "image"}` / `{"type": "text", ...}`); an image part renders as the processor's
 `<image>` placeholder, which the processor then expands to the projector's token count.
 
-`tokenizer` keeps the LLM tokenizer's own template; it must have generation blocks, or every sample is refused as
-all-masked (loudly, never as silent loss-0 samples).
+`native` keeps the LLM tokenizer's (or the HF VLM checkpoint's) own template; it must have generation blocks, or every
+sample is refused as all-masked (loudly, never as silent loss-0 samples).
 """
 
 from __future__ import annotations
@@ -19,13 +19,19 @@ from vlmtune.registry import Registry
 # Jinja's whitespace control ({%- -%}) would eat literal newlines next to tags, so newlines are printed explicitly.
 _NL = "{{ '\\n' }}"
 _SP = "{{ ' ' }}"  # likewise for spaces next to tags
-# Renders a message's content: plain strings pass through; parts render text verbatim and images as <image>.
-_CONTENT = (
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<image>{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-)
+
+
+def _content(image: str = "<image>") -> str:
+    """Renders a message's content: plain strings pass through; parts render text verbatim and images as `image`."""
+    return (
+        "{%- if message['content'] is string -%}{{ message['content'] }}"
+        "{%- else -%}{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'image' -%}" + image + "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    )
+
+
+_CONTENT = _content()
 _BOS = "{%- if bos_token -%}{{ bos_token }}{%- endif -%}"
 _EOS = "{{ eos_token }}"
 
@@ -118,6 +124,70 @@ PLAIN = (
     "{%- endfor -%}"
 )
 
+# The formats existing HF VLMs were trained with (`model=hf_vlm`; the prompt side matches each checkpoint's own chat
+# template), with the end-of-turn token inside the generation block so that fine-tuning teaches the model to stop.
+
+# LLaVA-1.5 (Vicuna v1): "USER: <image>\nQ ASSISTANT: A</s>" (llava-hf/llava-1.5-*-hf).
+LLAVA = (
+    _BOS + "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "ASSISTANT:{% generation %}" + _SP + _CONTENT + "{{ eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] == 'user' -%}USER:" + _SP + _CONTENT + _SP +
+    "{%- else -%}" + _CONTENT + _SP + "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+)
+
+# LLaVA-NeXT on Mistral: "[INST] <image>\nQ [/INST] A</s>" (llava-hf/llava-v1.6-mistral-7b-hf).
+LLAVA_MISTRAL = (
+    _BOS + "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{% generation %}" + _SP + _CONTENT + "{{ eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] == 'user' -%}[INST]" + _SP + _CONTENT + _SP + "[/INST]"
+    "{%- else -%}" + _CONTENT + _NL + _NL + "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# Idefics3 / SmolVLM: "<|im_start|>User:<image>Q<end_of_utterance>\nAssistant: A<end_of_utterance>\n"
+# (HuggingFaceTB/SmolVLM-*-Instruct; "User:" takes no space when the turn starts with an image).
+IDEFICS3 = (
+    "<|im_start|>{%- for message in messages -%}"
+    "{{ message['role'] | capitalize }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    ":{% generation %}" + _SP + _CONTENT + "<end_of_utterance>{% endgeneration %}" + _NL +
+    "{%- else -%}"
+    "{%- if message['content'] is not string and message['content'][0]['type'] == 'image' -%}:"
+    "{%- else -%}{{ ': ' }}{%- endif -%}" + _CONTENT + "<end_of_utterance>" + _NL +
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
+)
+
+# Qwen2-VL / Qwen2.5-VL: chatml with a default system turn and <|vision_start|><|image_pad|><|vision_end|> images.
+_QWEN_CONTENT = _content("<|vision_start|><|image_pad|><|vision_end|>")
+QWEN2_VL = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "<|im_start|>system" + _NL + "You are a helpful assistant.<|im_end|>" + _NL +
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "<|im_start|>assistant" + _NL + "{% generation %}" + _QWEN_CONTENT + "<|im_end|>{% endgeneration %}" + _NL +
+    "{%- else -%}"
+    "<|im_start|>{{ message['role'] }}" + _NL + _QWEN_CONTENT + "<|im_end|>" + _NL +
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant" + _NL + "{%- endif -%}"
+)
+
+# PaliGemma: "<image>prefix\nsuffix<eos>"; its processor inserts <bos> after the image tokens and appends the "\n"
+# that separates prefix and suffix to the prompt, so the prompt side renders without it. Single-turn only.
+PALIGEMMA = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}" + _NL + "{% generation %}" + _CONTENT +
+    "{{ eos_token }}{% endgeneration %}"
+    "{%- else -%}" + _CONTENT + "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
 TEMPLATES: Registry[Template] = Registry("model.template")
 TEMPLATES.add("chatml", Template(CHATML, "<|im_end|>", ("<|im_start|>", "<|im_end|>")))
 TEMPLATES.add("llama3", Template(LLAMA3, "<|eot_id|>", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")))
@@ -126,4 +196,9 @@ TEMPLATES.add("mistral", Template(MISTRAL, None, ("[INST]", "[/INST]")))
 TEMPLATES.add("gemma", Template(GEMMA, "<end_of_turn>", ("<start_of_turn>", "<end_of_turn>")))
 TEMPLATES.add("phi3", Template(PHI3, "<|end|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")))
 TEMPLATES.add("plain", Template(PLAIN, None))
-TEMPLATES.add("tokenizer", Template("", None))  # the LLM tokenizer's own chat template (see the module docstring)
+TEMPLATES.add("llava", Template(LLAVA, None))
+TEMPLATES.add("llava_mistral", Template(LLAVA_MISTRAL, None, ("[INST]", "[/INST]")))
+TEMPLATES.add("idefics3", Template(IDEFICS3, "<end_of_utterance>", ("<end_of_utterance>",)))
+TEMPLATES.add("qwen2_vl", Template(QWEN2_VL, "<|im_end|>"))
+TEMPLATES.add("paligemma", Template(PALIGEMMA, None))
+TEMPLATES.add("native", Template("", None))  # the tokenizer's / checkpoint's own chat template (module docstring)

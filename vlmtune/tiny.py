@@ -198,6 +198,10 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     parts = {f"vision/{k}": cache_dir / "vision" / k for k in VISION}
     parts |= {f"llm/{k}": cache_dir / "llm" / k for k in LLM}
     parts["tokenizer"] = cache_dir / "tokenizer"
+    from vlmtune.tiny_vlm import tiny_vlm_writers  # complete tiny HF VLMs: vlm/llava, vlm/idefics3, vlm/qwen2_vl
+
+    vlm_writers = tiny_vlm_writers(cache_dir)
+    parts |= {name: path for name, (path, _) in vlm_writers.items()}
     stamp = cache_dir / "tiny.json"
     if not force and stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_VERSION:
         return parts
@@ -206,6 +210,7 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     writers = {"tokenizer": lambda d: write_tokenizer(d)}
     writers |= {f"vision/{k}": (lambda d, k=k: _write_vision(k, d, seed=1)) for k in VISION}
     writers |= {f"llm/{k}": (lambda d, k=k: _write_llm(k, d, parts["tokenizer"], seed=2)) for k in LLM}
+    writers |= {name: writer for name, (_, writer) in vlm_writers.items()}
     for name, writer in writers.items():  # the tokenizer first: the LLMs copy it
         final = parts[name]
         final.parent.mkdir(parents=True, exist_ok=True)

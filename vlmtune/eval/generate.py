@@ -41,8 +41,11 @@ def generate_answers(
         prompts, targets = zip(*(split_prompt(r["messages"]) for r in batch), strict=True)
         texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
         images = [load_image(image, f"sample {r['id']!r}") for r in batch for image in r["images"]]
+        # The chat template renders every special token (a BOS too, where the model has one), as in training: TRL's
+        # collator tokenizes without adding special tokens, and so does evaluation.
         inputs = processor(
-            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt",
+            add_special_tokens=False,
         ).to(device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)

@@ -80,6 +80,7 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
         f"# {provenance.get('recipe', 'vlmtune')} checkpoint",
         "",
         f"- model type: `{config.model_type}`",
+        *([f"- started from: `{parts['path']}` (template `{parts.get('template')}`)"] if parts.get("path") else []),
         f"- vision encoder: `{parts.get('vision', {}).get('path', 'from init_from')}`",
         f"- language model: `{parts.get('llm', {}).get('path', 'from init_from')}`",
         f"- projector: `{parts.get('projector', {}).get('name', 'mlp2x_gelu')}`",
@@ -122,6 +123,10 @@ def _require_dir(path: str | Path, what: str) -> None:
         raise FileNotFoundError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
 
 
+def _looks_local(path: str | Path) -> bool:
+    return Path(str(path)).exists() or str(path).startswith((".", "/"))
+
+
 def load_vlm(
     path: str | Path, *, dtype: torch.dtype = torch.float32, quantization_config=None, what: str = "checkpoint"
 ):
@@ -132,14 +137,18 @@ def load_vlm(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if Path(str(path)).exists() or str(path).startswith((".", "/")):
+    from vlmtune.compat import allow_missing_video_processor
+
+    allow_missing_video_processor()  # Qwen2-VL's processor without torchvision
+    if _looks_local(path):
         _require_dir(path, what)
     processor = AutoProcessor.from_pretrained(path)
     if is_adapter(path):
         from peft import PeftModel
 
         base = json.loads((Path(path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-        _require_dir(base, f"{what} (base of the adapter in {path})")
+        if _looks_local(base):  # a hub id (an adapter on model.path=<hub id>) loads from the hub cache
+            _require_dir(base, f"{what} (base of the adapter in {path})")
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:

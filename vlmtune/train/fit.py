@@ -120,6 +120,8 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     """
     from trl import SFTTrainer
 
+    from vlmtune.train.supervision import RequireSupervised, check_supervision
+
     args = sft_config(cfg, out_dir, report_to)
     resume_from = resume_point(cfg.resume, out_dir)
     if resume_from:
@@ -127,6 +129,10 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     sigterm = _save_and_stop_on_sigterm()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
                          callbacks=[*(callbacks or []), sigterm])
+    # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
+    # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
+    check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)
+    trainer.data_collator = RequireSupervised(trainer.data_collator)
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
         # compute (CPUs) the fully-trained projector then receives float32 features and fails; keep float32.
