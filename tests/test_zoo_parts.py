@@ -142,7 +142,10 @@ def test_tiny_phi3_loads_and_the_default_lora_target_reaches_its_fused_projectio
         return {n.rsplit(".", 1)[-1] for n in names if re.fullmatch(pattern, n)}
 
     assert targeted(".*") == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
-    assert targeted(PeftConfig().target) == targeted(".*")
+    from vlmtune.model.parts import parts_of
+    from vlmtune.train.policy import lora_target
+
+    assert targeted(lora_target(PeftConfig().target, parts_of("llava"))) == targeted(".*")
 
 
 def test_describe_composes_with_tiny_phi3_and_lora_reaches_the_fused_projections(tiny, tmp_path):

@@ -14,6 +14,7 @@ _LLAVA = {"vision": "model.vision_tower", "projector": "model.multi_modal_projec
 
 ARCHITECTURES: dict[str, dict[str, str]] = {
     "llava": _LLAVA,
+    "vlmtune": _LLAVA,  # vlmtune's own type (modeling.py) is a Llava with another projector
     "llava_next": _LLAVA,  # its `model.image_newline` parameter is "other": trained only under peft=none
     "paligemma": _LLAVA,
     "idefics3": {"vision": "model.vision_model", "projector": "model.connector", "llm": "model.text_model"},
