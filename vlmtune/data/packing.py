@@ -2,10 +2,10 @@
 
 Each sample is rendered and tokenized on its own (the same chat template and assistant mask as the unpacked
 collator), then the samples are concatenated: input ids, labels, and `position_ids` that restart at 0 for every
-sample. transformers builds a block-diagonal causal mask from restarting position ids (no attention mask is passed),
-so no token attends across samples, and the rotary positions are those of the sample alone. The first label of each
-sample is masked: in a packed row it would be predicted from the previous sample's last token. Images are
-concatenated in order and scattered into their placeholders by the model as usual. The loss therefore equals the
+sample. Without an attention mask or KV cache, transformers builds a block-diagonal causal mask from restarting
+position ids, so no token attends across samples, and the rotary positions are those of the sample alone. The first
+label of each sample is masked: in a packed row it would be predicted from the previous sample's last token. Images
+are concatenated in order and scattered into their placeholders by the model as usual. The loss therefore equals the
 unpacked loss on the same samples (tested to 1e-5) while no compute is spent on padding.
 """
 
@@ -42,6 +42,8 @@ class PackedCollator:
             "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
             "labels": torch.cat([e["labels"] for e in encoded])[None],
             "position_ids": torch.cat([torch.arange(len(e["input_ids"])) for e in encoded])[None],
+            # transformers reads packing from the position ids only without a KV cache (a training forward).
+            "use_cache": False,
         }
         pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixels:

@@ -130,6 +130,8 @@ def blank_images(records: list[dict], out_dir: str | Path) -> list[dict]:
 
 
 def _decode_images(batch: dict[str, list]) -> dict[str, list]:
+    if "images" not in batch:  # a single column was asked for (e.g. the Trainer's `length` for grouping)
+        return batch
     batch["images"] = [[load_image(image, f"sample {sample_id!r}") for image in images]
                        for sample_id, images in zip(batch["id"], batch["images"], strict=True)]
     return batch
@@ -145,8 +147,9 @@ def to_dataset(records: list[dict]):
         "messages": List({"role": Value("string"), "content": List(part)}),
         "images": List(Image(decode=False)),
         "kind": Value("string"),
+        "length": Value("int64"),  # true tokens (image tokens included), when measured: for length grouping
     })
-    dataset = Dataset.from_list([{k: r[k] for k in features} for r in records], features=features)
+    dataset = Dataset.from_list([{k: r.get(k) for k in features} for r in records], features=features)
     return dataset.with_transform(_decode_images)
 
 

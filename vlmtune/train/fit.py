@@ -53,6 +53,9 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
         ddp_find_unused_parameters=cfg.train_vision,
+        # Batches of similar true lengths (the data pipeline's `length` column): less padding per batch.
+        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
+        length_column_name="length",
     )
 
 
@@ -120,6 +123,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     """
     from trl import SFTTrainer
 
+    from vlmtune.data.packing import PackedCollator, check_packable
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
@@ -132,6 +136,9 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)
+    if cfg.data.packing:  # the same template and mask, one padding-free row per batch
+        check_packable(model.config.model_type)
+        trainer.data_collator = PackedCollator(processor)
     trainer.data_collator = RequireSupervised(trainer.data_collator)
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
