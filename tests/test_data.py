@@ -391,3 +391,22 @@ def test_packing_refuses_models_with_3d_positions():
     check_packable("llava")
     with pytest.raises(ValueError, match="data.packing=false"):
         check_packable("qwen2_vl")
+
+
+def test_measured_lengths_are_cached_by_fingerprint(folder, processor, tmp_path, monkeypatch):
+    import copy
+
+    from vlmtune.data import lengths
+
+    calls = []
+    measure = lengths.measure
+    monkeypatch.setattr(lengths, "measure", lambda *args: calls.append(1) or measure(*args))
+    samples = read_samples(_write_json(folder / "d.json", _multi_turn(folder)))
+    first = lengths.fit_lengths(samples, processor, max_length=None, cache_dir=tmp_path / "prepared")
+    assert len(calls) == 2
+    second = lengths.fit_lengths(samples, processor, max_length=None, cache_dir=tmp_path / "prepared")
+    assert len(calls) == 2 and [s["length"] for s in second] == [s["length"] for s in first]  # read back
+    other = copy.copy(processor)
+    other.chat_template = processor.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    lengths.fit_lengths(samples, other, max_length=None, cache_dir=tmp_path / "prepared")
+    assert len(calls) == 4  # another template: measured again

@@ -66,6 +66,7 @@ class DataConfig:
     max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs (PIL's default limit)
     max_length: int | None = None  # tokens per sample, image tokens included; None = no limit
     truncation: str = "drop_turns"  # over max_length: drop_turns (trailing exchanges) | drop_sample; never mid-image
+    cache_dir: str | None = None  # measured lengths are cached here by datasets fingerprints (None: not cached)
     packing: bool = False  # each batch as one padding-free row (position ids restart per sample; llava/vlmtune types)
     group_by_length: bool = False  # batch samples of similar true length together (less padding)
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)

@@ -93,12 +93,14 @@ class Run:
 
 def start_run(cfg: DictConfig, recipe: str) -> Run:
     """Validate `cfg`, seed everything, create the run directory, save the resolved config, start W&B."""
+    from datasets.utils import logging as datasets_logging
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
     from vlmtune import tracking
 
     hf_logging.disable_progress_bar()
+    datasets_logging.disable_progress_bar()
     typed = OmegaConf.to_object(cfg)  # raises on missing or mistyped keys, naming them
     plain = redact(OmegaConf.to_container(cfg, resolve=True))
     run_dir = Path(typed.run_dir).resolve()

@@ -9,12 +9,15 @@ counted in the report, so nothing is ever cut inside an image block.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from vlmtune.data.errors import DataError, DataReport, check_on_error
 from vlmtune.data.images import load_image
 
 TRUNCATION = ("drop_turns", "drop_sample")
+MEASURE_VERSION = 1  # bump when `measure` changes, so cached lengths are recomputed
 
 
 def image_token_count(processor) -> int | None:
@@ -63,8 +66,38 @@ def _drop_last_exchange(sample: dict[str, Any]) -> dict[str, Any] | None:
     return {**sample, "messages": messages[:cut], "images": sample["images"][:kept_images]}
 
 
+def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
+                cache_dir: str | Path | None = None) -> list[tuple[int, int]]:
+    """(tokens, supervised tokens) of every sample, cached by `datasets` fingerprints under `cache_dir`.
+
+    The cache key is the samples' content fingerprint together with everything that changes a measurement (the chat
+    template, the tokenizer's vocabulary, the image-token count): a second run over the same data and processor
+    reads the lengths back instead of tokenizing again.
+    """
+    if cache_dir is None:
+        return [measure(sample, processor, per_image) for sample in samples]
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher
+
+    table = Dataset.from_list([{"index": i, "sample": json.dumps(s, sort_keys=True, default=str)}
+                               for i, s in enumerate(samples)])
+    tokenizer = processor.tokenizer
+    key = Hasher.hash([table._fingerprint, processor.chat_template, sorted(tokenizer.get_vocab().items()), per_image,
+                       type(processor).__name__, MEASURE_VERSION])
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+
+    def measure_row(row: dict[str, Any]) -> dict[str, int]:
+        length, supervised = measure(samples[row["index"]], processor, per_image)
+        return {"length": length, "supervised": supervised}
+
+    measured = table.map(measure_row, remove_columns=["sample"], new_fingerprint=key,
+                         cache_file_name=str(Path(cache_dir) / f"lengths-{key}.arrow"), load_from_cache_file=True)
+    return list(zip(measured["length"], measured["supervised"], strict=True))
+
+
 def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | None, truncation: str = "drop_turns",
-                on_error: str = "raise", report: DataReport | None = None) -> list[dict[str, Any]]:
+                on_error: str = "raise", report: DataReport | None = None,
+                cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Measure every sample; refuse all-masked ones; bring long ones under `max_length` by whole turns or drop them.
 
     Adds `length` (tokens) to each kept sample, for length-grouped batching and the report's histogram.
@@ -75,8 +108,8 @@ def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | N
     report = report if report is not None else DataReport()
     per_image = image_token_count(processor)
     kept = []
-    for sample in samples:
-        length, supervised = measure(sample, processor, per_image)
+    for sample, (length, supervised) in zip(samples, measure_all(samples, processor, per_image, cache_dir),
+                                            strict=True):
         if supervised == 0:
             error = DataError(f"sample {sample['id']!r}: no token of it is supervised (the chat template's "
                               "assistant mask is empty): it would train with loss 0; check model.template",

@@ -166,5 +166,5 @@ def training_samples(data, processor) -> tuple[list[dict[str, Any]], DataReport]
     report = DataReport()
     samples = read_split(data, "train", report)
     samples = fit_lengths(samples, processor, max_length=data.max_length, truncation=data.truncation,
-                          on_error=data.on_error, report=report)
+                          on_error=data.on_error, report=report, cache_dir=data.cache_dir)
     return samples, report
