@@ -50,7 +50,8 @@ def main(cfg: DictConfig) -> None:
     samples = read_split(data, cfg.split, report)
     fit_lengths(samples, processor, max_length=data.max_length, truncation=data.truncation, on_error="skip",
                 report=report)
-    print(f"{cfg.data.train if cfg.split == 'train' else cfg.data.test} [{cfg.split}]\n{report.summary()}")
+    source = cfg.data.test if cfg.split == "test" else cfg.data.train or f"mixture of {len(cfg.data.mixture)} sources"
+    print(f"{source} [{cfg.split}]\n{report.summary()}")
     for kind, examples in sorted(report.examples.items()):
         print(f"\n{kind}:\n  " + "\n  ".join(examples))
     if report.errors:

@@ -410,3 +410,33 @@ def test_measured_lengths_are_cached_by_fingerprint(folder, processor, tmp_path,
     other.chat_template = processor.chat_template.replace("<|im_start|>", "<|im_start|> ")
     lengths.fit_lengths(samples, other, max_length=None, cache_dir=tmp_path / "prepared")
     assert len(calls) == 4  # another template: measured again
+
+
+def test_weighted_mixture_of_sources_in_different_formats(folder):
+    from dataclasses import replace
+
+    from vlmtune.config import DataConfig
+    from vlmtune.data.records import read_split
+
+    llava = _write_json(folder / "a.json", [{"id": f"a{i}", "image": "red.png", "conversations": _turns()}
+                                            for i in range(40)])
+    messages = _write_json(folder / "b.json", [{"id": f"b{i}", "messages": [
+        {"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}]} for i in range(40)])
+    data = DataConfig(mixture=[{"path": str(llava), "weight": 3}, {"path": str(messages), "weight": 1}])
+    samples = read_split(data, "train")
+    counts = {prefix: sum(s["id"].startswith(prefix) for s in samples) for prefix in "ab"}
+    assert counts["a"] == 40 and 5 <= counts["b"] <= 25  # stops when the heavier source runs out, ~3:1
+    assert read_split(data, "train") == samples  # seeded
+    assert [s["id"] for s in read_split(replace(data, mixture_seed=1), "train")] != [s["id"] for s in samples]
+    everything = read_split(replace(data, mixture_stop="all_exhausted"), "train")
+    assert {s["id"] for s in everything} >= {f"b{i}" for i in range(40)}
+
+
+def test_streaming_reads_only_what_is_used(folder):
+    from datasets import Dataset
+
+    Dataset.from_dict({"id": [f"s{i}" for i in range(50)],
+                       "messages": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]] * 50}
+                      ).to_parquet(str(folder / "big.parquet"))
+    samples = read_samples(folder / "big.parquet", streaming=True, limit=3)
+    assert [s["id"] for s in samples] == ["s0", "s1", "s2"]

@@ -55,8 +55,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = MISSING  # training data: a .json / .jsonl / .parquet file, a datasets folder or a datasets hub id
+    train: str | None = None  # training data: a .json / .jsonl / .parquet file, a datasets folder or a datasets hub id
     test: str | None = None  # held-out data for evaluation, in the same forms
+    # Weighted mixture for training instead of `train`: [{path, weight, format?, split?, image_root?}, ...].
+    mixture: list[dict[str, Any]] = field(default_factory=list)
+    mixture_seed: int = 0  # seeds the interleaving of the mixture's sources
+    mixture_stop: str = "first_exhausted"  # first_exhausted | all_exhausted (oversample smaller sources)
+    streaming: bool = False  # read datasets sources lazily (with max_*_samples, only that many rows are read)
     format: str = "auto"  # llava | sharegpt | messages | auto (by each record's keys); see vlmtune/data/formats.py
     split: str = "train"  # split of `train` when it is a datasets folder or hub id
     test_split: str = "test"  # split of `test` when it is a datasets folder or hub id

@@ -61,6 +61,7 @@ def read_samples(
     split: str = "train",
     verify_images: str = "header",
     max_image_pixels: int = MAX_PIXELS,
+    streaming: bool = False,
     report: DataReport | None = None,
 ) -> list[dict[str, Any]]:
     """Canonical samples from `source`; bad samples raise or (on_error=skip) are counted in `report` and left out."""
@@ -71,7 +72,7 @@ def read_samples(
     path = Path(source)
     root = Path(image_root) if image_root else (path.parent if path.is_file() else path)
     samples = []
-    for where, row in read_rows(source, split):
+    for where, row in read_rows(source, split, streaming):
         if limit is not None and len(samples) >= limit:
             break
         report.samples += 1
@@ -100,12 +101,44 @@ def read_samples(
 
 
 def read_split(data, which: str, report: DataReport | None = None) -> list[dict[str, Any]]:
-    """The `train` or `test` split that a DataConfig names, read with its settings."""
+    """The `train` or `test` split that a DataConfig names, read with its settings (a weighted mixture for `train`
+    when `data.mixture` lists sources)."""
+    if which == "train" and data.mixture:
+        return read_mixture(data, report)
     source = data.train if which == "train" else data.test
+    if source is None:
+        raise ValueError(f"data.{which} is not set" + (" (nor data.mixture)" if which == "train" else ""))
     limit = data.max_train_samples if which == "train" else data.max_test_samples
     return read_samples(source, image_root=data.image_root, fmt=data.format, on_error=data.on_error, limit=limit,
-                        split=data.split if which == "train" else data.test_split,
+                        split=data.split if which == "train" else data.test_split, streaming=data.streaming,
                         verify_images=data.verify_images, max_image_pixels=data.max_image_pixels, report=report)
+
+
+def read_mixture(data, report: DataReport | None = None) -> list[dict[str, Any]]:
+    """`data.mixture` sources interleaved by `datasets.interleave_datasets` with their weights as probabilities.
+
+    Each source has its own path, format, split and image root; sampling is seeded (`data.mixture_seed`) and stops
+    when the first source runs out (`first_exhausted`) or when all have (`all_exhausted`, oversampling the rest).
+    """
+    from datasets import Dataset, interleave_datasets
+
+    sources, parts, weights = [], [], []
+    for source in data.mixture:
+        samples = read_samples(source["path"], image_root=source.get("image_root", data.image_root),
+                               fmt=source.get("format", data.format), on_error=data.on_error,
+                               split=source.get("split", data.split), streaming=data.streaming,
+                               verify_images=data.verify_images, max_image_pixels=data.max_image_pixels,
+                               report=report)
+        # Interleave (source, index) pairs: the samples themselves (bytes, PIL images) stay as they are.
+        parts.append(Dataset.from_dict({"source": [len(sources)] * len(samples), "index": list(range(len(samples)))}))
+        sources.append(samples)
+        weights.append(float(source.get("weight", 1.0)))
+    if min(weights) <= 0:
+        raise ValueError(f"data.mixture weights must be positive, got {weights}")
+    mixed = interleave_datasets(parts, probabilities=[w / sum(weights) for w in weights], seed=data.mixture_seed,
+                                stopping_strategy=data.mixture_stop)
+    samples = [sources[s][i] for s, i in zip(mixed["source"], mixed["index"], strict=True)]
+    return samples[: data.max_train_samples] if data.max_train_samples else samples
 
 
 def blank_images(records: list[dict], out_dir: str | Path) -> list[dict]:

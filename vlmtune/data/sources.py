@@ -57,8 +57,9 @@ def _dataset_rows(dataset, name: str) -> Iterator[tuple[str, Any]]:
         yield f"{name}, row {index}", row
 
 
-def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, Any]]:
-    """`(where, row or DataError)` for every sample of `source`."""
+def read_rows(source: str | Path, split: str = "train", streaming: bool = False) -> Iterator[tuple[str, Any]]:
+    """`(where, row or DataError)` for every sample of `source`; `streaming` reads `datasets` sources lazily (only as
+    many rows as are consumed, without preparing the whole dataset first)."""
     path = Path(source)
     if path.is_file():
         if path.suffix == ".json":
@@ -68,7 +69,8 @@ def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, A
         elif path.suffix == ".parquet":
             from datasets import load_dataset
 
-            yield from _dataset_rows(load_dataset("parquet", data_files=str(path), split="train"), str(path))
+            dataset = load_dataset("parquet", data_files=str(path), split="train", streaming=streaming)
+            yield from _dataset_rows(dataset, str(path))
         else:
             raise DataError(f"{path}: unknown data file type {path.suffix!r}; use .json, .jsonl or .parquet, or a "
                             "datasets folder / hub id", "bad_format")
@@ -80,7 +82,7 @@ def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, A
             dataset = load_from_disk(str(path))
             dataset = dataset[split] if hasattr(dataset, "keys") else dataset
         else:
-            dataset = load_dataset(str(path), split=split)
+            dataset = load_dataset(str(path), split=split, streaming=streaming)
         yield from _dataset_rows(dataset, f"{path} [{split}]")
         return
     if str(source).startswith((".", "/")) or path.suffix in (".json", ".jsonl", ".parquet"):
@@ -89,7 +91,7 @@ def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, A
     from datasets import load_dataset
 
     try:  # a hub id; offline runs need it in the local datasets cache
-        dataset = load_dataset(str(source), split=split)
+        dataset = load_dataset(str(source), split=split, streaming=streaming)
     except Exception as err:  # datasets raises many types for "not found" / offline
         raise DataError(f"could not load dataset {source!r} (split {split!r}): {err}", "missing_file") from None
     yield from _dataset_rows(dataset, f"{source} [{split}]")
