@@ -8,6 +8,7 @@ projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` r
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -188,12 +189,21 @@ class Blueprint:
                                 image_seq_length=self.image_tokens, chat_template=template)
 
 
+def _require_local(path: str, key: str) -> None:
+    """A local path (not a hub id) must exist: say which key and what to do, not a hub-id error from transformers."""
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+        hint = " (tiny offline parts: run `vlmtune tiny`)" if "/tiny/" in path else ""
+        raise FileNotFoundError(f"{key}={path} does not exist{hint}")
+
+
 def blueprint(cfg: ModelConfig) -> Blueprint:
     """Load the vision tower, tokenizer and LLM config, measure the image tokens, build the projector."""
     from transformers import AutoConfig, AutoTokenizer
 
     if cfg.path is not None:
         raise ValueError("model.path is set (an existing HF VLM): load it with load_vlm, there is nothing to compose")
+    _require_local(cfg.vision.path, "model.vision.path")
+    _require_local(cfg.llm.path, "model.llm.path")
     dtype = getattr(torch, cfg.dtype)
     options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
     projector_class = PROJECTORS.get(cfg.projector.name)
