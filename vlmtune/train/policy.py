@@ -29,6 +29,8 @@ def parameter_table(model) -> str:
     parts = parts_of(model)
     total, trainable = Counter(), Counter()
     for name, param in model.named_parameters():
+        if ".original_module." in name:  # PEFT keeps the frozen original beside the trained copy (modules_to_save)
+            continue
         part = part_of(name, parts)
         total[part] += param.numel()
         if param.requires_grad:
