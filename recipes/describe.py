@@ -14,18 +14,21 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="describe", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from dataclasses import replace
+
     from transformers.utils import logging as hf_logging
 
     from vlmtune.model.checkpoint import load_vlm
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.model.parts import model_type_at
-    from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+    from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
 
     hf_logging.disable_progress_bar()
     cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
+    qlora = cfg.policy.llm.mode == "qlora"
     if cfg.init_from:
-        quantization = bnb_4bit_config(cfg.peft, model_type_at(cfg.init_from)) if cfg.peft.method == "qlora" else None
+        quantization = bnb_4bit_config(cfg.peft, model_type_at(cfg.init_from)) if qlora else None
         model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
         source = [f"checkpoint  {cfg.init_from}"]
     elif cfg.model.path:
@@ -37,16 +40,18 @@ def main(cfg: DictConfig) -> None:
                   f"{cfg.model.vision.select_strategy} tokens)",
                   f"llm         {cfg.model.llm.path}",
                   f"projector   {cfg.model.projector.name}"]
-        if cfg.peft.method == "qlora":  # sft saves the composed base first, then loads its LLM in 4-bit
-            source.append("(peft=qlora: sft loads the LLM in 4-bit; the table counts it unquantized)")
-    model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
+    policy = cfg.policy
+    if qlora and not cfg.init_from:  # sft saves the base first, then loads its LLM in 4-bit: count it as LoRA here
+        source.append("(policy.llm.mode=qlora: sft loads the LLM in 4-bit; the table counts it unquantized)")
+        policy = replace(policy, llm=replace(policy.llm, mode="lora"))
+    model = apply_policy(model, policy, cfg.peft)
     config = model.config
     print("\n".join([
         *source,
         f"model type  {config.model_type}; {getattr(config, 'image_seq_length', 'n/a')} image tokens per image; "
-        f"template {cfg.model.template}; adaptation peft={cfg.peft.method}",
+        f"template {cfg.model.template}",
         "",
-        parameter_table(model),
+        parameter_table(model, cfg.policy, cfg.optim),
     ]))
 
 

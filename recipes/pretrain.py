@@ -21,14 +21,14 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
-    from vlmtune.train.policy import freeze_all_but_projector, parameter_table
+    from vlmtune.train.policy import apply_policy, parameter_table
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
 
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
-    freeze_all_but_projector(model)
-    log.info("parameters:\n%s", parameter_table(model))
+    model = apply_policy(model, cfg.policy, cfg.peft)
+    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
 
     captions, report = training_samples(cfg.data, processor)
     run.record_data("train", report)

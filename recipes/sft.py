@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.parts import model_type_at
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
-    from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+    from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
     from vlmtune.train.probe import GenerationEval
 
     run = start_run(cfg, "sft")
@@ -46,15 +46,15 @@ def main(cfg: DictConfig) -> float | None:
         if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
             save_checkpoint(*compose(cfg.model), base, run.provenance(stage="composed base"))
         run.wait_for_everyone()
-    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.peft.method == "qlora" else None
+    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
     if start_from_hf:
         model, processor = load_vlm(base, dtype=getattr(torch, cfg.model.dtype), quantization_config=quantization,
                                     what="model.path")
         prepare_for_training(model, processor, cfg.model.template)  # the chat template with generation marks
     else:
         model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
-    model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
-    log.info("parameters:\n%s", parameter_table(model))
+    model = apply_policy(model, cfg.policy, cfg.peft)
+    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
 
     records, report = training_samples(cfg.data, processor)
     run.record_data("train", report)

@@ -198,15 +198,15 @@ def test_image_policy_pad_keeps_a_plain_llava(tiny):
 def test_qlora_keeps_a_zoo_projector_in_full_precision(tiny, tmp_path):
     import bitsandbytes as bnb
 
-    from vlmtune.config import PeftConfig
-    from vlmtune.train.policy import apply_peft, bnb_4bit_config
+    from vlmtune.config import PartPolicy, PeftConfig, PolicyConfig
+    from vlmtune.train.policy import apply_policy, bnb_4bit_config
 
     cfg = ModelConfig(vision=_vision(tiny, "tiny_siglip"), llm=LLMConfig(path=str(tiny / "llm" / "llama")),
                       projector=_projector("qformer"))
     save_checkpoint(*compose(cfg), tmp_path / "base", {"config": {}})
-    peft = PeftConfig(method="qlora")
+    peft = PeftConfig()
     model, _ = load_vlm(tmp_path / "base", quantization_config=bnb_4bit_config(peft))
-    model = apply_peft(model, peft)
+    model = apply_policy(model, PolicyConfig(llm=PartPolicy(mode="qlora")), peft)
     quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert quantized and all(".language_model." in n for n in quantized)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vlmtune.config import LLMConfig, ModelConfig, PeftConfig, VisionConfig
+from vlmtune.config import LLMConfig, ModelConfig, PartPolicy, PeftConfig, PolicyConfig, VisionConfig
 from vlmtune.data.errors import DataError
 from vlmtune.data.records import read_samples
 from vlmtune.eval.generate import generate_answers
@@ -15,7 +15,7 @@ from vlmtune.model.checkpoint import load_vlm, save_checkpoint
 from vlmtune.model.compose import compose
 from vlmtune.registry import Registry
 from vlmtune.runs import redact
-from vlmtune.train.policy import apply_peft, bnb_4bit_config
+from vlmtune.train.policy import apply_policy, bnb_4bit_config
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def base_checkpoint(tiny, tmp_path_factory):
 def test_qlora_quantizes_only_the_llm(base_checkpoint):
     import bitsandbytes as bnb
 
-    model, _ = load_vlm(base_checkpoint, quantization_config=bnb_4bit_config(PeftConfig(method="qlora")))
-    model = apply_peft(model, PeftConfig(method="qlora"))
+    model, _ = load_vlm(base_checkpoint, quantization_config=bnb_4bit_config(PeftConfig()))
+    model = apply_policy(model, PolicyConfig(llm=PartPolicy(mode="qlora")), PeftConfig())
     quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert quantized and all(".language_model." in n for n in quantized)
     for name, module in model.named_modules():
@@ -43,7 +43,7 @@ def test_qlora_quantizes_only_the_llm(base_checkpoint):
 def test_lora_target_outside_the_llm_is_refused(base_checkpoint):
     model, _ = load_vlm(base_checkpoint)
     with pytest.raises(ValueError, match="LLM only"):
-        apply_peft(model, PeftConfig(method="lora", target=r".*\.(q_proj|k_proj|v_proj|out_proj)"))
+        apply_policy(model, PolicyConfig(), PeftConfig(target=r".*\.(q_proj|k_proj|v_proj|out_proj)"))
 
 
 def test_batched_generation_matches_one_at_a_time(base_checkpoint, shapes):

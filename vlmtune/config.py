@@ -90,18 +90,40 @@ class OptimConfig:
     batch_size: int = 8  # samples per device per step
     grad_accum: int = 1  # gradient accumulation steps
     max_grad_norm: float = 1.0  # gradient clipping
+    precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16 (CUDA only)
+
+
+@dataclass
+class PartPolicy:
+    mode: str = "frozen"  # frozen | full | lora | qlora (qlora: the LLM only, loaded in 4-bit)
+    lr: float | None = None  # this part's learning rate; None = optim.lr
+    weight_decay: float | None = None  # this part's AdamW weight decay; None = optim.weight_decay
+    gradient_checkpointing: bool = False  # recompute this part's activations in the backward pass: less memory
+
+
+@dataclass
+class PolicyConfig:
+    """What trains, part by part: checked at start, printed as a table, per-part rates as optimizer groups."""
+
+    vision: PartPolicy = field(default_factory=lambda: PartPolicy(mode="frozen"))  # the vision encoder
+    projector: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # the projector
+    llm: PartPolicy = field(default_factory=lambda: PartPolicy(mode="lora"))  # the language model (and lm_head)
 
 
 @dataclass
 class PeftConfig:
-    method: str = "lora"  # lora | qlora | none (full fine-tune of the LLM)
+    """LoRA settings shared by every part whose policy mode is lora / qlora."""
+
     r: int = 16  # LoRA rank
-    alpha: int = 32  # LoRA alpha (scale = alpha / r)
+    alpha: int = 32  # LoRA alpha (scale = alpha / r; alpha / sqrt(r) with rslora)
     dropout: float = 0.0  # LoRA dropout
-    # LoRA goes on the LLM only: a full-path regex, because a bare list would also hit the vision tower's attention.
-    # `{llm}` stands for the architecture's LLM module path (model.language_model, Idefics3's model.text_model, ...);
-    # the names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
+    use_dora: bool = False  # DoRA: weight-decomposed LoRA
+    use_rslora: bool = False  # rank-stabilised LoRA scaling
+    # Full-path regexes, because a bare name list would also hit the other parts' attention. `{llm}` / `{vision}`
+    # stand for the architecture's module paths (model.language_model, Idefics3's model.text_model, ...); the LLM
+    # names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
     target: str = r"{llm}\..*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|gate_up_proj|down_proj)"
+    vision_target: str = r"{vision}\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2|query|key|value)"  # policy.vision=lora
     quant_type: str = "nf4"  # qlora: 4-bit weight type, nf4 | fp4
     double_quant: bool = True  # qlora: quantize the quantization constants too
     compute_dtype: str = "float32"  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)
@@ -139,11 +161,10 @@ class TrainRecipeConfig(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)  # parts to compose when init_from is not set
     data: DataConfig = field(default_factory=DataConfig)  # training (and held-out) data
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule
-    peft: PeftConfig = field(default_factory=PeftConfig)  # how the LLM is adapted
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # what trains, part by part (mode, lr, decay)
+    peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA settings for the parts in lora / qlora mode
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings for the end-of-run evaluation
     init_from: str | None = None  # checkpoint directory of a previous stage; None composes a new model from `model`
-    train_projector: bool = True  # train the projector fully (saved with the adapter under LoRA)
-    train_vision: bool = False  # also train the vision tower fully (peft=none only)
     evaluate_at_end: bool = False  # score the test split once training ends (metrics.json in the run directory)
     logging_steps: int = 10  # log the training loss every N steps
     eval_steps: int = 0  # score `eval_samples` test questions every N steps during training; 0 = never

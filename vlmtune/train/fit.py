@@ -19,6 +19,7 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
 
     optim = cfg.optim
     on_gpu = torch.cuda.is_available()
+    bf16, fp16 = precision_flags(optim.precision)
     return SFTConfig(
         output_dir=str(out_dir),
         per_device_train_batch_size=optim.batch_size,
@@ -36,8 +37,10 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
         assistant_only_loss=True,
         # No truncation: cutting a sequence could cut an image's tokens (lengths are checked by the data pipeline).
         max_length=None,
-        # SFTConfig defaults to bf16 + gradient checkpointing; on a CPU both only slow training down.
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        # SFTConfig defaults to bf16 + gradient checkpointing; on a CPU both only slow training down. Checkpointing
+        # is chosen per part (policy.<part>.gradient_checkpointing).
+        bf16=bf16,
+        fp16=fp16,
         activation_checkpointing=False,
         use_cpu=not on_gpu,
         report_to=report_to,
@@ -52,11 +55,31 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
         remove_unused_columns=False,
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
-        ddp_find_unused_parameters=cfg.train_vision,
+        ddp_find_unused_parameters=cfg.policy.vision.mode != "frozen",
         # Batches of similar true lengths (the data pipeline's `length` column): less padding per batch.
         train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         length_column_name="length",
     )
+
+
+def precision_flags(precision: str) -> tuple[bool, bool]:
+    """(bf16, fp16) mixed-precision flags for `optim.precision` on this machine, or a clear error."""
+    on_gpu = torch.cuda.is_available()
+    bf16_ok = on_gpu and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return bf16_ok, False
+    if precision == "fp32":
+        return False, False
+    if precision == "bf16":
+        if on_gpu and not bf16_ok:
+            raise ValueError("optim.precision=bf16: this GPU does not support bfloat16; use fp16 or fp32")
+        return True, False  # CPUs run bf16 autocast (slowly: 2.5-4x on this project's development machine)
+    if precision == "fp16":
+        if not on_gpu:
+            raise ValueError("optim.precision=fp16 needs a CUDA GPU (fp16 mixed precision with loss scaling); "
+                             "use fp32 or bf16 on a CPU")
+        return False, True
+    raise ValueError(f"optim.precision={precision!r}: expected auto, fp32, bf16 or fp16")
 
 
 def latest_complete_checkpoint(trainer_dir: Path) -> Path | None:
@@ -124,6 +147,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     from trl import SFTTrainer
 
     from vlmtune.data.packing import PackedCollator, check_packable
+    from vlmtune.train.policy import param_groups
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
@@ -146,6 +170,11 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+    # Per-part learning rates and weight decay (policy.<part>.lr / weight_decay) as AdamW parameter groups; the
+    # Trainer's scheduler then scales every group's rate alike.
+    groups = param_groups(trainer.model, cfg.policy, cfg.optim, set(trainer.get_decay_parameter_names(trainer.model)))
+    trainer.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                          eps=args.adam_epsilon)
     trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.requested:
         raise Preempted(latest_complete_checkpoint(args.output_dir))

@@ -1,22 +1,30 @@
-"""Which parameters train: frozen vision tower, projector trained fully, LLM adapted by LoRA / QLoRA / full tuning.
+"""What trains, part by part: one policy table (`policy.vision|projector|llm`: mode, learning rate, weight decay,
+gradient checkpointing), verified at start and printed, with per-part learning rates as optimizer groups.
 
-Module paths come from vlmtune.model.parts (per architecture: Llava's `model.vision_tower`,
-`model.multi_modal_projector`, `model.language_model`; Idefics3's `model.vision_model`, `model.connector`,
-`model.text_model`; Qwen2-VL's `model.visual`, `model.visual.merger`, `model.language_model`) and `lm_head`.
+Modes: `frozen`, `full` (every weight trains; saved inside a LoRA adapter as `modules_to_save`, so adapter
+directories are self-contained), `lora` (one PEFT adapter over all LoRA parts, targets from `peft.target` /
+`peft.vision_target`) and `qlora` (the LLM only: loaded in 4-bit by the recipe, LoRA on top). Module paths come from
+vlmtune.model.parts (per architecture: Llava's `model.vision_tower`, `model.multi_modal_projector`,
+`model.language_model`; Idefics3's `model.vision_model`, `model.connector`, `model.text_model`; Qwen2-VL's
+`model.visual`, `model.visual.merger`, `model.language_model`) and `lm_head`, which follows the LLM when it trains
+fully.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
 import torch
 
-from vlmtune.config import PeftConfig
+from vlmtune.config import OptimConfig, PeftConfig, PolicyConfig
 from vlmtune.model.parts import PART_NAMES, parts_of
 from vlmtune.model.parts import part_of as _part_of
 
 LLM_PLACEHOLDER = "{llm}"  # in peft.target: the LLM's module path for the model's architecture
+VISION_PLACEHOLDER = "{vision}"  # in peft.vision_target
+MODES = {"vision": ("frozen", "full", "lora"), "projector": ("frozen", "full"),
+         "llm": ("frozen", "full", "lora", "qlora")}
 
 
 def part_of(name: str, parts: dict[str, str] | None = None) -> str:
@@ -24,8 +32,23 @@ def part_of(name: str, parts: dict[str, str] | None = None) -> str:
     return _part_of(name, parts or parts_of("llava"))
 
 
-def parameter_table(model) -> str:
-    """Parameters per part, trainable and frozen, as a printable table."""
+def _modes(policy: PolicyConfig) -> dict[str, str]:
+    modes = {part: getattr(policy, part).mode for part in PART_NAMES}
+    for part, mode in modes.items():
+        if mode not in MODES[part]:
+            raise ValueError(f"policy.{part}.mode={mode!r}: expected one of {', '.join(MODES[part])}")
+    if all(mode == "frozen" for mode in modes.values()):
+        raise ValueError("nothing would train: policy.vision, policy.projector and policy.llm are all frozen")
+    return modes
+
+
+def _trains(part: str, modes: dict[str, str]) -> bool:
+    """lm_head trains with a fully-trained LLM; the other parts by their own mode."""
+    return modes["llm"] == "full" if part == "lm_head" else modes.get(part, "frozen") != "frozen"
+
+
+def parameter_table(model, policy: PolicyConfig | None = None, optim: OptimConfig | None = None) -> str:
+    """Parameters per part, trainable and frozen (and each part's mode and learning rate), as a printable table."""
     parts = parts_of(model)
     total, trainable = Counter(), Counter()
     for name, param in model.named_parameters():
@@ -35,19 +58,23 @@ def parameter_table(model) -> str:
         total[part] += param.numel()
         if param.requires_grad:
             trainable[part] += param.numel()
-    rows = [f"{'part':<10} {'parameters':>12} {'trainable':>12}"]
+
+    def policy_cells(part: str) -> str:
+        if policy is None:
+            return ""
+        if part not in PART_NAMES:
+            return f" {'(llm)' if part == 'lm_head' else '':>8} {'':>9}"
+        rule = getattr(policy, part)
+        lr = rule.lr if rule.lr is not None else optim.lr if optim else None
+        return f" {rule.mode:>8} {'' if rule.mode == 'frozen' or lr is None else f'{lr:.1e}':>9}"
+
+    header = f"{'part':<10} {'parameters':>12} {'trainable':>12}"
+    rows = [header + (f" {'mode':>8} {'lr':>9}" if policy is not None else "")]
     for part in [*PART_NAMES, "lm_head", "other"]:
         if total[part]:
-            rows.append(f"{part:<10} {total[part]:>12,} {trainable[part]:>12,}")
+            rows.append(f"{part:<10} {total[part]:>12,} {trainable[part]:>12,}{policy_cells(part)}")
     rows.append(f"{'total':<10} {sum(total.values()):>12,} {sum(trainable.values()):>12,}")
     return "\n".join(rows)
-
-
-def freeze_all_but_projector(model) -> None:
-    """Projector alignment (stage 1): only the projector learns."""
-    parts = parts_of(model)
-    for name, param in model.named_parameters():
-        param.requires_grad = part_of(name, parts) == "projector"
 
 
 def bnb_4bit_config(peft: PeftConfig, model_type: str = "llava"):
@@ -59,40 +86,88 @@ def bnb_4bit_config(peft: PeftConfig, model_type: str = "llava"):
 
 
 def lora_target(target: str, parts: dict[str, str]) -> str:
-    """peft.target with `{llm}` replaced by the architecture's LLM path (escaped for the regex)."""
-    return target.replace(LLM_PLACEHOLDER, re.escape(parts["llm"]))
+    """A LoRA target with `{llm}` / `{vision}` replaced by the architecture's module paths (escaped for the regex)."""
+    return target.replace(LLM_PLACEHOLDER, re.escape(parts["llm"])).replace(VISION_PLACEHOLDER,
+                                                                          re.escape(parts["vision"]))
 
 
-def apply_peft(model, peft: PeftConfig, train_projector: bool = True, train_vision: bool = False):
-    """Set trainable parameters for instruction tuning and return the (possibly PEFT-wrapped) model."""
-    if peft.method not in {"lora", "qlora", "none"}:
-        raise ValueError(f"peft.method={peft.method!r} is not known; valid values: lora, none, qlora")
-    if train_vision and peft.method != "none":
-        raise ValueError("train_vision=true needs peft=none (a full fine-tune); LoRA adapts the LLM only")
-    parts = parts_of(model)
-    if peft.method == "none":
-        trainable = {"llm", "lm_head"} | ({"projector"} if train_projector else set()) | (
-            {"vision"} if train_vision else set())
-        for name, param in model.named_parameters():
-            param.requires_grad = part_of(name, parts) in trainable
-        return model
-
+def _lora(model, modes: dict[str, str], peft: PeftConfig, parts: dict[str, str]):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if peft.method == "qlora":
+    if modes["llm"] == "qlora":
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(
-        r=peft.r,
-        lora_alpha=peft.alpha,
-        lora_dropout=peft.dropout,
-        target_modules=lora_target(peft.target, parts),
-        # The projector trains fully and is saved inside the adapter, so the adapter directory is self-contained.
-        modules_to_save=[parts["projector"]] if train_projector else None,
-        task_type="CAUSAL_LM",
-    )
+    targets = {"llm": peft.target, "vision": peft.vision_target}
+    lora_parts = {part for part, mode in modes.items() if mode in ("lora", "qlora")}
+    pattern = "|".join(f"(?:{lora_target(targets[part], parts)})" for part in sorted(lora_parts))
+    # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
+    full = [parts[part] for part, mode in modes.items() if mode == "full"] + (["lm_head"] if modes["llm"] == "full"
+                                                                               else [])
+    config = LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, use_dora=peft.use_dora,
+                        use_rslora=peft.use_rslora, target_modules=pattern, modules_to_save=full or None,
+                        task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
-    lora_parts = {part_of(n, parts) for n, _ in model.named_parameters() if "lora_" in n}
-    if lora_parts != {"llm"}:
-        raise ValueError(f"peft.target={peft.target!r} put LoRA on {sorted(lora_parts) or 'nothing'}; "
-                         f"it must match modules of the LLM only ({parts['llm']}...; {LLM_PLACEHOLDER} stands for it)")
+    landed = defaultdict(list)
+    for name, _ in model.named_parameters():
+        if "lora_" in name:
+            landed[part_of(name, parts)].append(name)
+    stray = {part: names for part, names in landed.items() if part not in lora_parts}
+    if stray:
+        part, names = next(iter(stray.items()))
+        raise ValueError(f"the LoRA targets put adapters on {sorted(stray)}, which policy does not adapt (e.g. "
+                         f"{names[0]}); LoRA must stay on the LLM only unless policy.<part>.mode=lora. Fix "
+                         f"peft.target / peft.vision_target ({LLM_PLACEHOLDER} stands for {parts['llm']})")
+    missing = lora_parts - set(landed)
+    if missing:
+        raise ValueError(f"policy marks {sorted(missing)} for LoRA but no module there matches peft.target / "
+                         f"peft.vision_target ({LLM_PLACEHOLDER} = {parts['llm']}, {VISION_PLACEHOLDER} = "
+                         f"{parts['vision']})")
     return model
+
+
+def apply_policy(model, policy: PolicyConfig, peft: PeftConfig):
+    """Freeze, adapt and unfreeze per `policy`; fail fast (with names) when it cannot be honoured; return the model
+    (PEFT-wrapped when a part is in lora / qlora mode)."""
+    modes = _modes(policy)
+    parts = parts_of(model)
+    if any(mode in ("lora", "qlora") for mode in modes.values()):
+        model = _lora(model, modes, peft, parts)
+    else:
+        for name, param in model.named_parameters():
+            param.requires_grad = _trains(part_of(name, parts), modes)
+    trained = {part_of(name, parts) for name, param in model.named_parameters() if param.requires_grad}
+    for part, mode in modes.items():
+        if mode != "frozen" and part not in trained:
+            raise ValueError(f"policy.{part}.mode={mode} but no parameter of the {part} ({parts[part]}) would train")
+    _gradient_checkpointing(model, policy, parts)
+    return model
+
+
+def _gradient_checkpointing(model, policy: PolicyConfig, parts: dict[str, str]) -> None:
+    """Per part: recompute activations in the backward pass (non-reentrant: works with frozen inputs too)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for part in ("vision", "llm"):
+        if getattr(policy, part).gradient_checkpointing:
+            module = base.get_submodule(parts[part])
+            if not getattr(module, "supports_gradient_checkpointing", False):
+                raise ValueError(f"policy.{part}.gradient_checkpointing=true: {type(module).__name__} does not "
+                                 "support gradient checkpointing")
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def param_groups(model, policy: PolicyConfig, optim: OptimConfig, decay_names: set[str]) -> list[dict]:
+    """AdamW parameter groups: one per (part, decays or not), with the part's learning rate and weight decay."""
+    parts = parts_of(model)
+    groups: dict[tuple[str, bool], list] = defaultdict(list)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            part = part_of(name, parts)
+            groups[(part, name in decay_names)].append(param)
+    out = []
+    for (part, decays), params in sorted(groups.items()):
+        rule = getattr(policy, "llm" if part in ("lm_head", "other") else part)
+        decay = rule.weight_decay if rule.weight_decay is not None else optim.weight_decay
+        out.append({"params": params, "lr": rule.lr if rule.lr is not None else optim.lr,
+                    "weight_decay": decay if decays else 0.0, "part": part})
+    return out

@@ -1,0 +1,151 @@
+"""The per-part training policy: the table, every fail-fast case, per-part learning rates as optimizer groups,
+per-part gradient checkpointing and the precision choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmtune.config import LLMConfig, ModelConfig, OptimConfig, PartPolicy, PeftConfig, PolicyConfig, VisionConfig
+from vlmtune.model.compose import compose
+from vlmtune.train.policy import apply_policy, param_groups, parameter_table
+
+
+@pytest.fixture
+def model(tiny):
+    vision = VisionConfig(path=str(tiny / "vision" / "clip"), select_strategy="default")
+    return compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))[0]  # untied lm_head
+
+
+def _policy(vision="frozen", projector="full", llm="lora") -> PolicyConfig:
+    return PolicyConfig(vision=PartPolicy(mode=vision), projector=PartPolicy(mode=projector), llm=PartPolicy(mode=llm))
+
+
+def _trainable_parts(model) -> set[str]:
+    from vlmtune.train.policy import part_of
+
+    return {part_of(n) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("modes", "trained"),
+    [
+        (("frozen", "full", "frozen"), {"projector"}),
+        (("frozen", "full", "lora"), {"projector", "llm"}),
+        (("frozen", "full", "full"), {"projector", "llm", "lm_head"}),
+        (("lora", "full", "lora"), {"vision", "projector", "llm"}),
+        (("full", "frozen", "frozen"), {"vision"}),
+    ],
+)
+def test_policy_modes_set_exactly_the_trainable_parts(model, modes, trained):
+    model = apply_policy(model, _policy(*modes), PeftConfig())
+    assert _trainable_parts(model) == trained
+    table = parameter_table(model, _policy(*modes), OptimConfig(lr=3e-4))
+    assert table.splitlines()[0].split() == ["part", "parameters", "trainable", "mode", "lr"]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert [rows[part][3] for part in ("vision", "projector", "llm")] == list(modes)
+
+
+def test_nothing_trainable_is_refused(model):
+    with pytest.raises(ValueError, match="nothing would train"):
+        apply_policy(model, _policy("frozen", "frozen", "frozen"), PeftConfig())
+
+
+def test_lora_landing_in_a_frozen_part_is_refused_with_a_name(model):
+    with pytest.raises(ValueError, match=r"adapters on \[.vision.\].*vision_tower.*_proj"):
+        apply_policy(model, _policy(), PeftConfig(target=r".*\.(q_proj|v_proj)"))
+
+
+def test_lora_part_without_a_matching_module_is_refused(model):
+    with pytest.raises(ValueError, match=r"marks \['vision'\] for LoRA but no module there matches"):
+        apply_policy(model, _policy(vision="lora"), PeftConfig(vision_target=r"{vision}\.no_such_module"))
+
+
+def test_trainable_part_without_parameters_is_refused(model, monkeypatch):
+    from vlmtune.train import policy
+
+    layout = {"vision": "model.vision_tower", "projector": "model.no_projector_here", "llm": "model.language_model"}
+    monkeypatch.setattr(policy, "parts_of", lambda _: layout)
+    with pytest.raises(ValueError, match=r"policy.projector.mode=full but no parameter of the projector"):
+        apply_policy(model, _policy(llm="frozen"), PeftConfig())
+
+
+def test_unknown_mode_and_qlora_without_4bit_are_refused(model):
+    with pytest.raises(ValueError, match=r"policy.projector.mode='lora': expected one of frozen, full"):
+        apply_policy(model, _policy(projector="lora"), PeftConfig())
+    with pytest.raises(ValueError, match="needs the LLM loaded in 4-bit"):
+        apply_policy(model, _policy(llm="qlora"), PeftConfig())
+
+
+def test_per_part_learning_rates_become_optimizer_groups(model):
+    policy = _policy()
+    policy.projector.lr = 1e-3
+    policy.projector.weight_decay = 0.1
+    model = apply_policy(model, policy, PeftConfig())
+    decay = {n for n, _ in model.named_parameters() if n.endswith("weight")}
+    groups = param_groups(model, policy, OptimConfig(lr=2e-4, weight_decay=0.01), decay)
+    by_part = {(g["part"], g["weight_decay"] > 0): g for g in groups}
+    assert by_part[("projector", True)]["lr"] == 1e-3 and by_part[("projector", True)]["weight_decay"] == 0.1
+    assert by_part[("projector", False)]["weight_decay"] == 0.0  # biases never decay
+    assert by_part[("llm", True)]["lr"] == 2e-4 and by_part[("llm", True)]["weight_decay"] == 0.01
+    grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_sft_with_a_zero_projector_rate_leaves_the_projector_untouched(pipeline, tmp_path):
+    """Per-part rates reach the real optimizer: projector lr 0 -> the saved projector equals the base's."""
+    from conftest import FAST, vlmtune
+    from safetensors.torch import load_file
+
+    base = pipeline["pretrain"] / "checkpoint"
+    vlmtune("sft", f"run_dir={tmp_path / 'run'}", f"init_from={base}", "policy.projector.lr=0.0", "optim.lr=5e-3",
+            "evaluate_at_end=false", "logger=none", *FAST)
+    adapter = load_file(tmp_path / "run" / "checkpoint" / "adapter_model.safetensors")
+    original = load_file(base / "model.safetensors")
+    projector = {k: v for k, v in adapter.items() if "multi_modal_projector" in k}
+    assert projector and any("lora_" in k for k in adapter)
+    for name, value in projector.items():
+        key = name.replace("base_model.model.", "").replace(".modules_to_save.default", "")
+        saved = original.get(key, original.get(key.removeprefix("model.")))  # llava files keep the v4 key names
+        assert saved is not None and torch.equal(value, saved), name
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b)  # the LLM's adapter did train
+
+
+def test_gradient_checkpointing_per_part_gives_the_same_gradients(tiny):
+    from PIL import Image
+
+    from vlmtune.tiny import IMAGE_SIZE
+
+    conversation = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE),
+                                                                                      "red")},
+                                                 {"type": "text", "text": "What color?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    grads = []
+    for checkpointing in (False, True):
+        vision = VisionConfig(path=str(tiny / "vision" / "siglip"), select_strategy="full")
+        model, processor = compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))
+        policy = PolicyConfig(vision=PartPolicy(mode="full", gradient_checkpointing=checkpointing),
+                              llm=PartPolicy(mode="full", gradient_checkpointing=checkpointing))
+        model = apply_policy(model, policy, PeftConfig())
+        model.train()
+        assert model.model.language_model.is_gradient_checkpointing == checkpointing
+        batch = processor.apply_chat_template([conversation], tokenize=True, return_dict=True, return_tensors="pt")
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_precision_choice_per_device():
+    from vlmtune.train.fit import precision_flags
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU answers")
+    assert precision_flags("auto") == (False, False) and precision_flags("fp32") == (False, False)
+    assert precision_flags("bf16") == (True, False)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        precision_flags("fp16")
+    with pytest.raises(ValueError, match="expected auto, fp32, bf16 or fp16"):
+        precision_flags("fp8")
