@@ -149,3 +149,21 @@ def test_precision_choice_per_device():
         precision_flags("fp16")
     with pytest.raises(ValueError, match="expected auto, fp32, bf16 or fp16"):
         precision_flags("fp8")
+
+
+@pytest.mark.parametrize(("recipe", "experiment"), [("pretrain", "llava15_stage1"), ("sft", "llava15_stage2")])
+def test_llava15_experiment_configs_validate(recipe, experiment):
+    """The published LLaVA-1.5 recipes compose and pass the typed schema (they need the hub to run)."""
+    from conftest import REPO
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vlmtune.hydra_setup import setup
+
+    setup()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_object(hydra_compose(recipe, overrides=[f"+experiment={experiment}", "run_dir=x"]))
+    assert cfg.model.vision.path == "openai/clip-vit-large-patch14-336" and cfg.model.llm.path == "lmsys/vicuna-7b-v1.5"
+    assert cfg.optim.batch_size * 8 == (256 if recipe == "pretrain" else 128)
+    assert cfg.policy.llm.mode == ("frozen" if recipe == "pretrain" else "full")
