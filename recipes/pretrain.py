@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, parameter_table
 
@@ -32,7 +33,11 @@ def main(cfg: DictConfig) -> None:
 
     captions, report = training_samples(cfg.data, processor)
     run.record_data("train", report)
+    if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
+        cache = cache_vision_features(model, cfg.vision_feature_cache)
     fit(model, processor, to_dataset(captions), cfg, run.dir / "trainer", report_to=run.report_to)
+    if cfg.vision_feature_cache:
+        log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())

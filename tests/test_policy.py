@@ -167,3 +167,48 @@ def test_llava15_experiment_configs_validate(recipe, experiment):
     assert cfg.model.vision.path == "openai/clip-vit-large-patch14-336" and cfg.model.llm.path == "lmsys/vicuna-7b-v1.5"
     assert cfg.optim.batch_size * 8 == (256 if recipe == "pretrain" else 128)
     assert cfg.policy.llm.mode == ("frozen" if recipe == "pretrain" else "full")
+
+
+@pytest.mark.parametrize("projector", ["mlp2x_gelu", "pixel_shuffle"])
+def test_vision_feature_cache_gives_the_same_logits_and_skips_the_encoder(tiny, tmp_path, projector):
+    from PIL import Image
+
+    from vlmtune.config import ProjectorConfig
+    from vlmtune.tiny import IMAGE_SIZE
+    from vlmtune.train.feature_cache import cache_vision_features
+
+    vision = VisionConfig(path=str(tiny / "vision" / "clip"), select_strategy="patches", feature_layer=[-1, -2])
+    model, processor = compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama")),
+                                           projector=ProjectorConfig(name=projector)))
+    model = apply_policy(model, PolicyConfig(llm=PartPolicy(mode="frozen")), PeftConfig())
+    conversations = [[{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (IMAGE_SIZE,) * 2, c)},
+                                                   {"type": "text", "text": "Color?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": c}]}] for c in ("red", "blue")]
+    batch = processor.apply_chat_template(conversations, tokenize=True, return_dict=True, return_tensors="pt",
+                                          padding=True)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    stats = cache_vision_features(model, tmp_path / "features")
+    with torch.no_grad():
+        first = model(**batch).logits  # encodes both images and stores their features
+        second = model(**batch).logits  # reads both from disk
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert stats == {"hits": 2, "misses": 2}
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2
+
+
+def test_vision_feature_cache_refuses_a_training_tower(model, tmp_path):
+    from vlmtune.train.feature_cache import cache_vision_features
+
+    model = apply_policy(model, PolicyConfig(vision=PartPolicy(mode="full"), llm=PartPolicy(mode="frozen")),
+                         PeftConfig())
+    with pytest.raises(ValueError, match="needs a frozen vision tower"):
+        cache_vision_features(model, tmp_path)
+
+
+def test_pretrain_with_a_feature_cache_encodes_each_image_once(cache, tmp_path):
+    from conftest import vlmtune
+
+    out = vlmtune("pretrain", f"run_dir={tmp_path / 'run'}", f"vision_feature_cache={tmp_path / 'features'}",
+                  "data.max_train_samples=8", "optim.batch_size=4", "optim.epochs=3", "logger=none")
+    assert "vision feature cache: 16 images read from disk, 8 encoded" in out

@@ -165,6 +165,9 @@ class TrainRecipeConfig(RecipeConfig):
     peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA settings for the parts in lora / qlora mode
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings for the end-of-run evaluation
     init_from: str | None = None  # checkpoint directory of a previous stage; None composes a new model from `model`
+    # A folder for the frozen vision tower's features (pretrain): later epochs read them instead of running the
+    # encoder. None = no cache.
+    vision_feature_cache: str | None = None
     evaluate_at_end: bool = False  # score the test split once training ends (metrics.json in the run directory)
     logging_steps: int = 10  # log the training loss every N steps
     eval_steps: int = 0  # score `eval_samples` test questions every N steps during training; 0 = never
