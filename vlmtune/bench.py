@@ -1,6 +1,8 @@
 """`make bench`: side-by-side timings on the tiny parts, reported as ratios (one run, one machine).
 
-- training: seconds per SFTTrainer step for a full fine-tune, LoRA and QLoRA on the same batches;
+- training: seconds per SFTTrainer step for a full fine-tune, LoRA and QLoRA on the same batches, LoRA with
+  padding-free packing, and projector-only training (stage 1) with and without the vision feature cache (timed
+  after the first epoch has filled it);
 - generation: seconds per answer with batch size 1 against batch size 8 (left padding).
 """
 
@@ -14,18 +16,22 @@ TRAIN_STEPS = 30
 WARMUP_STEPS = 5
 
 
-def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> float:
+def _train_seconds_per_step(base: Path, records, method: str, out: Path, *, packing: bool = False,
+                            feature_cache: Path | None = None, warmup: int = WARMUP_STEPS) -> float:
     from transformers import TrainerCallback
 
-    from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig, TrainRecipeConfig
+    from vlmtune.config import DataConfig, OptimConfig, PartPolicy, PeftConfig, PolicyConfig, TrainRecipeConfig
     from vlmtune.data.records import to_dataset
     from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, bnb_4bit_config
 
     peft, policy = PeftConfig(), PolicyConfig(llm=PartPolicy(mode=method))
     model, processor = load_vlm(base, quantization_config=bnb_4bit_config(peft) if method == "qlora" else None)
     model = apply_policy(model, policy, peft)
+    if feature_cache is not None:
+        cache_vision_features(model, feature_cache)
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
@@ -33,9 +39,10 @@ def _train_seconds_per_step(base: Path, records, method: str, out: Path) -> floa
             stamps.append(time.perf_counter())
 
     cfg = TrainRecipeConfig(run_dir=str(out), optim=OptimConfig(max_steps=TRAIN_STEPS, batch_size=8), policy=policy,
-                            logging_steps=1000, resume="never")
-    fit(model, processor, to_dataset(records), cfg, out / method, report_to="none", callbacks=[Clock()])
-    timed = stamps[WARMUP_STEPS:]
+                            data=DataConfig(packing=packing), logging_steps=1000, resume="never")
+    fit(model, processor, to_dataset(records), cfg, out / f"{method}-{packing}-{feature_cache is not None}",
+        report_to="none", callbacks=[Clock()])
+    timed = stamps[warmup:]
     return (timed[-1] - timed[0]) / (len(timed) - 1)
 
 
@@ -71,12 +78,20 @@ def main() -> None:
         train = read_samples(data["train"])
         test = read_samples(data["test"])
         steps = {m: _train_seconds_per_step(base, train, m, out) for m in ["full", "lora", "qlora"]}
+        steps["lora + packing"] = _train_seconds_per_step(base, train, "lora", out, packing=True)
+        # Projector only (stage 1) on 64 samples = 8 steps per epoch: timed from the second epoch on.
+        stage1 = {"projector only": _train_seconds_per_step(base, train[:64], "frozen", out, warmup=8),
+                  "projector only + feature cache": _train_seconds_per_step(
+                      base, train[:64], "frozen", out, feature_cache=out / "features", warmup=8)}
         answers = {bs: _generate_seconds_per_answer(base, test, bs) for bs in [1, 8]}
 
     print(f"\nvlmtune bench on tiny parts, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| training (batch 8) | ms / step | vs full fine-tune |\n|---|---|---|")
     for method, seconds in steps.items():
         print(f"| {method} | {seconds * 1e3:.1f} | {seconds / steps['full']:.2f}x |")
+    print("\n| stage 1 (batch 8, epochs 2+) | ms / step | vs no cache |\n|---|---|---|")
+    for name, seconds in stage1.items():
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / stage1['projector only']:.2f}x |")
     print("\n| generation | ms / answer | vs batch 1 |\n|---|---|---|")
     for bs, seconds in answers.items():
         print(f"| batch {bs} | {seconds * 1e3:.1f} | {seconds / answers[1]:.2f}x |")
