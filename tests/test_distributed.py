@@ -23,11 +23,12 @@ def test_two_and_three_rank_evaluation_equal_one_rank(pipeline, shapes):
     assert n_test % 2 and n_test % 3, "the test set must divide between neither 2 nor 3 ranks"
     checkpoint = f"checkpoint={pipeline['sft'] / 'checkpoint'}"
     one = pipeline["runs"] / "eval-1rank"
-    vlmtune("evaluate", f"run_dir={one}", checkpoint, "logger=none", "eval.batch_size=4")
+    vlmtune("evaluate", f"run_dir={one}", checkpoint, "logger=none", "eval.batch_size=4", "eval.likelihood=true")
+    assert "likelihood/perplexity" in json.loads((one / "metrics.json").read_text())
     for ranks in (2, 3):
         many = pipeline["runs"] / f"eval-{ranks}rank"
         run_cli(*launch(ranks), "recipes/evaluate.py", f"run_dir={many}", checkpoint, "logger=none",
-                "eval.batch_size=4")
+                "eval.batch_size=4", "eval.likelihood=true")
         assert json.loads((many / "metrics.json").read_text()) == json.loads((one / "metrics.json").read_text())
         assert _rows(many) == _rows(one)
         assert len({row["id"] for row in _rows(many)}) == n_test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -140,3 +141,23 @@ def test_adapter_merged_on_the_fly_answers_like_the_unmerged_adapter(pipeline, s
     assert not torch.allclose(merged_logits, base_logits, atol=1e-4), "the adapter must change the model"
     assert [r["prediction"] for r in generate_answers(merged, processor, records)] == [
         r["prediction"] for r in generate_answers(unmerged, processor, records)]
+
+
+def test_likelihood_is_the_training_loss_of_the_assistant_tokens(base_checkpoint, shapes):
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from vlmtune.data.records import to_dataset
+    from vlmtune.eval.likelihood import likelihood, sample_nll
+
+    model, processor = load_vlm(base_checkpoint)
+    samples = read_samples(shapes / "test.json")[:3]
+    collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    for sample, example in zip(samples, to_dataset(samples), strict=True):
+        batch = collator([example])
+        with torch.no_grad():
+            expected = model(**batch).loss.item()
+        nll, tokens = sample_nll(model, processor, sample)
+        assert tokens == int((batch["labels"] != -100).sum())
+        assert abs(nll / tokens - expected) < 1e-4
+    metrics = likelihood(model, processor, samples)
+    assert metrics["tokens"] > 0 and abs(metrics["perplexity"] - math.exp(metrics["loss"])) < 1e-9

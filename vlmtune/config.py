@@ -144,6 +144,7 @@ class EvalConfig:
     batch_size: int = 16  # prompts per generation batch on each process
     max_new_tokens: int = 8  # generation budget per answer
     stop_strings: list[str] = field(default_factory=list)  # cut a prediction at the first of these strings
+    likelihood: bool = False  # also report loss / perplexity of the assistant tokens (teacher forcing)
 
 
 @dataclass

@@ -65,7 +65,12 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     cfg = run.cfg
     model, processor = load_vlm(checkpoint, what="checkpoint")
     model.to(run.state.device)
-    rows, metrics = evaluate_model(model, processor, held_out_records(cfg.data, run.dir), cfg.eval, run.state)
+    records = held_out_records(cfg.data, run.dir)
+    rows, metrics = evaluate_model(model, processor, records, cfg.eval, run.state)
+    if cfg.eval.likelihood:
+        from vlmtune.eval.likelihood import likelihood
+
+        metrics |= {f"likelihood/{k}": v for k, v in likelihood(model, processor, records, run.state).items()}
     if is_main_process():
         generation = {"do_sample": False, "padding_side": "left", "batch_size": cfg.eval.batch_size,
                       "max_new_tokens": cfg.eval.max_new_tokens, "stop_strings": list(cfg.eval.stop_strings)}
