@@ -133,8 +133,9 @@ def test_describe_prints_parts_tokens_and_trainable_table_and_writes_nothing(cac
     output = vlmtune("describe", "model/vision=tiny_clip", "peft=lora", cwd=tmp_path)
     assert "clip" in output and "9 image tokens per image" in output
     table = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.split()[:1] in (
-        ["vision"], ["projector"], ["llm"], ["total"]) and len(line.split()) == 3}
-    assert table["vision"][1] == "0", "the vision tower is frozen under LoRA"
+        ["vision"], ["projector"], ["llm"], ["total"])}
+    assert table["vision"][1:3] == ["0", "frozen"], "the vision tower is frozen under LoRA"
+    assert table["projector"][2] == "full" and table["llm"][2] == "lora"
     assert table["llm"][1] != "0" and table["projector"][1] != "0"
     assert list(tmp_path.iterdir()) == []
 
