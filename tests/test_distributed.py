@@ -29,7 +29,13 @@ def test_two_and_three_rank_evaluation_equal_one_rank(pipeline, shapes):
         many = pipeline["runs"] / f"eval-{ranks}rank"
         run_cli(*launch(ranks), "recipes/evaluate.py", f"run_dir={many}", checkpoint, "logger=none",
                 "eval.batch_size=4", "eval.likelihood=true")
-        assert json.loads((many / "metrics.json").read_text()) == json.loads((one / "metrics.json").read_text())
+        metrics, expected = (json.loads((d / "metrics.json").read_text()) for d in (many, one))
+        # Generation scores are identical; teacher-forced losses agree to float rounding (each process runs its own
+        # thread layout, so the sums inside the forward differ in the last bits).
+        likelihood = {k for k in expected if k.startswith("likelihood/")}
+        assert {k: v for k, v in metrics.items() if k not in likelihood} == {
+            k: v for k, v in expected.items() if k not in likelihood}
+        assert all(abs(metrics[k] - expected[k]) <= 1e-6 * abs(expected[k]) for k in likelihood)
         assert _rows(many) == _rows(one)
         assert len({row["id"] for row in _rows(many)}) == n_test
         assert json.loads((many / "results.json").read_text())["num_processes"] == ranks
