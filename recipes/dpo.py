@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.parts import model_type_at
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.dpo import fit_dpo, score_preferences
-    from vlmtune.train.policy import apply_peft, bnb_4bit_config, parameter_table
+    from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
 
     run = start_run(cfg, "dpo")
     cfg = run.cfg
@@ -38,18 +38,19 @@ def main(cfg: DictConfig) -> float | None:
 
     init = Path(cfg.init_from).resolve()  # the adapter records its base: keep it valid from any working directory
     base = init
-    lora = cfg.peft.method in ("lora", "qlora")
+    modes = {cfg.policy.vision.mode, cfg.policy.projector.mode, cfg.policy.llm.mode}
+    lora = bool(modes & {"lora", "qlora"})
     if is_adapter(init) and lora:  # the new adapter needs its base, the merged sft model, on disk
         base = run.dir / "base"
         if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
             save_checkpoint(*load_vlm(init, what="init_from"), base, run.provenance(stage="merged init_from"))
         run.wait_for_everyone()
-    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.peft.method == "qlora" else None
+    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
     model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
     # TRL's reference: the adapter disabled under LoRA (nothing to load), a frozen copy for a full fine-tune.
     ref_model = None if lora else load_vlm(base, what="init_from")[0]
-    model = apply_peft(model, cfg.peft, train_projector=cfg.train_projector, train_vision=cfg.train_vision)
-    log.info("parameters:\n%s", parameter_table(model))
+    model = apply_policy(model, cfg.policy, cfg.peft)
+    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
 
     report = DataReport()
     pairs = read_preference_split(cfg.data, "train", report)

@@ -47,10 +47,12 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
             callbacks=None) -> list[dict]:
     """Train with DPO to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
 
-    `model` is the policy (a PeftModel with a fresh adapter from `apply_peft`, or a full model with `ref_model` its
+    `model` is the policy (a PeftModel with a fresh adapter from `apply_policy`, or a full model with `ref_model` its
     frozen copy). On SIGTERM it writes a step checkpoint and raises `Preempted`, like SFT.
     """
     from trl import DPOTrainer
+
+    from vlmtune.train.policy import param_groups
 
     args = dpo_config(cfg, out_dir, report_to)
     resume_from = resume_point(cfg.resume, out_dir)
@@ -72,6 +74,10 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
+    # As in fit(): per-part learning rates and weight decay (policy.<part>.lr / weight_decay) as AdamW groups.
+    groups = param_groups(trainer.model, cfg.policy, cfg.optim, set(trainer.get_decay_parameter_names(trainer.model)))
+    trainer.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                          eps=args.adam_epsilon)
     trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.requested:
         raise Preempted(latest_complete_checkpoint(args.output_dir))
