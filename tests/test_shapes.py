@@ -49,7 +49,8 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) 
 
 def test_rerun_is_a_no_op_and_changed_parameters_regenerate(tmp_path: Path) -> None:
     paths = write_shapes_dataset(tmp_path, seed=0, **SMALL)
-    assert set(paths) == {"train", "test", "captions"} and all(p.exists() for p in paths.values())
+    assert set(paths) == {"train", "test", "captions", "preferences_train", "preferences_test"}
+    assert all(p.exists() for p in paths.values())
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert write_shapes_dataset(tmp_path, seed=0, **SMALL) == paths
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == mtimes

@@ -15,6 +15,7 @@ from pathlib import Path
 RECIPES = {
     "pretrain": "stage 1: train the projector on captions (vision tower and LLM frozen)",
     "sft": "stage 2: instruction tuning with LoRA / QLoRA / full fine-tuning (TRL SFTTrainer)",
+    "dpo": "stage 3: preference tuning on chosen / rejected answers (TRL DPOTrainer, LoRA by default)",
     "evaluate": "batched greedy generation and scoring on the test split, across accelerate processes",
     "quantize": "bitsandbytes 8-bit and 4-bit against full precision: bytes, load memory, accuracy",
     "export": "merge a LoRA/QLoRA adapter into its full-precision base: a standard checkpoint",
@@ -44,7 +45,7 @@ def _synth(args: argparse.Namespace) -> None:
     files = write_shapes_dataset(out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                                  image_size=args.image_size, jitter=args.jitter)
     for name, path in files.items():
-        print(f"{name:<14} {path}")
+        print(f"{name:<18} {path}")
 
 
 def _demo(args: argparse.Namespace) -> None:

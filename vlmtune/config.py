@@ -213,6 +213,17 @@ class DataToolsConfig(RecipeConfig):
     color: str = "auto"  # inspect: auto (on a terminal) | always | never
 
 
+@dataclass
+class DPORecipeConfig(TrainRecipeConfig):
+    """`vlmtune dpo`: preference tuning with TRL's DPOTrainer; `data.train` / `data.test` hold preference pairs
+    (vlmtune/data/preferences.py) and `evaluate_at_end` scores chosen-vs-rejected margins on `data.test`."""
+
+    beta: float = 0.1  # DPO's beta: how far the policy may move from the reference (larger = closer to it)
+    # TRL DPOConfig.loss_type: sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...; comma-separated to combine them
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0  # probability that a preference label is flipped (robust / cDPO losses)
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore; conf/<recipe>.yaml lists `<recipe>_schema` first in its defaults."""
     from hydra.core.config_store import ConfigStore
@@ -223,3 +234,4 @@ def register_configs() -> None:
     store.store(name="quantize_schema", node=QuantizeRecipeConfig)
     store.store(name="export_schema", node=ExportRecipeConfig)
     store.store(name="data_tools_schema", node=DataToolsConfig)
+    store.store(name="dpo_schema", node=DPORecipeConfig)

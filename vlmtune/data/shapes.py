@@ -9,7 +9,11 @@ model must read the image and relate its parts; a blind (text-only) model can re
 - ``left_or_right``   "Is the circle left or right of the square?" -> "left" / "right"
 - ``shape_at_side``   "What shape is on the left?"                -> "circle"
 
-`write_shapes_dataset` writes the images plus LLaVA-style JSON (``train.json``, ``test.json``, ``captions.json``).
+`write_shapes_dataset` writes the images plus LLaVA-style JSON (``train.json``, ``test.json``, ``captions.json``) and
+preference pairs for DPO (``preferences_train.json``, ``preferences_test.json``: each question of the train / test split
+with ``chosen`` = its answer and ``rejected`` = a plausible wrong answer of the same kind, see `wrong_answer`; the
+format is described in vlmtune/data/preferences.py). Test questions never repeat a train (scene, question) pair, so
+neither do the preference splits.
 Everything derives from ``random.Random`` streams seeded by the seed and split name, so a seed gives byte-identical
 files on every machine. `make_dataset` returns the same samples with their scenes, so tests can check the answers
 against the scene (`answer`) and the scene against the pixels (`render`).
@@ -29,7 +33,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-SHAPES_VERSION = 2  # bump whenever the generated data changes, so cached datasets are rewritten
+SHAPES_VERSION = 3  # bump whenever the generated data changes, so cached datasets are rewritten
 
 SHAPES = ("circle", "square", "triangle")
 # Distinct, saturated colours; all far from the background in RGB, yellow included (blue channel).
@@ -175,6 +179,26 @@ def question_text(question_kind: str, **params: str) -> str:
     raise ValueError(f"unknown question kind {question_kind!r}")
 
 
+def wrong_answer(sample: Sample, rng: random.Random) -> str:
+    """A plausible wrong answer of the same kind as `sample.answer`, for preference pairs.
+
+    Where the image offers one, the wrong answer is in it: the colour of *another* shape (an attribute-binding
+    mistake), another shape of the scene for a side; otherwise another colour, another count in 0..3, the other side.
+    """
+    if sample.kind == "color_of_shape":
+        pool = sorted({shape.color for shape in sample.scene} - {sample.answer}) or [
+            color for color in COLORS if color != sample.answer]
+    elif sample.kind == "count_color":
+        pool = [str(count) for count in range(4) if str(count) != sample.answer]
+    elif sample.kind == "left_or_right":
+        pool = ["right" if sample.answer == "left" else "left"]
+    elif sample.kind == "shape_at_side":
+        pool = [shape.kind for shape in sample.scene if shape.kind != sample.answer]  # 2 or 3 shapes: never empty
+    else:
+        raise ValueError(f"unknown question kind {sample.kind!r}")
+    return rng.choice(pool)
+
+
 def caption(scene: Scene) -> str:
     """Shapes listed left to right, e.g. "a red circle, a blue square and a green triangle."."""
     parts = [f"a {shape.color} {shape.kind}" for shape in scene]
@@ -271,6 +295,13 @@ def _record(record_id: str, image: str, prompt: str, reply: str, kind: str) -> d
     }
 
 
+def _preference_record(record_id: str, image: str, prompt: str, chosen: str, rejected: str,
+                       kind: str) -> dict[str, Any]:
+    """One preference pair (format: vlmtune/data/preferences.py); the prompt is worded exactly like the SFT record."""
+    return {"id": record_id, "image": image, "prompt": [{"from": "human", "value": f"{prompt}\n<image>"}],
+            "chosen": chosen, "rejected": rejected, "kind": kind}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically, so a reader (or a crash) never sees a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
@@ -293,13 +324,15 @@ def write_shapes_dataset(
     image_size: int = 32,
     jitter: bool = False,
 ) -> dict[str, Path]:
-    """Write the dataset under `out_dir` and return the paths of ``train``, ``test`` and ``captions`` JSON.
+    """Write the dataset under `out_dir` and return the paths of its JSON files (``train``, ``test``, ``captions``,
+    ``preferences_train``, ``preferences_test``).
 
     ``meta.json`` is written last and marks a complete dataset: when it matches the parameters nothing is done;
     otherwise the dataset is regenerated from scratch (stale images of a larger earlier run are removed).
     """
     out_dir = Path(out_dir)
-    paths = {name: out_dir / f"{name}.json" for name in ("train", "test", "captions")}
+    paths = {name: out_dir / f"{name}.json"
+             for name in ("train", "test", "captions", "preferences_train", "preferences_test")}
     meta = {"version": SHAPES_VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "image_size": image_size,
             "jitter": jitter}
     meta_path = out_dir / "meta.json"
@@ -330,6 +363,14 @@ def write_shapes_dataset(
         )
         for i, s in enumerate(samples["train"])
     ]
+    # Wrong answers come from their own stream per split, so the preference pairs never shift the VQA samples.
+    for split, split_samples in samples.items():
+        rng = random.Random(f"vlmtune-shapes:{seed}:preferences:{split}")
+        records[f"preferences_{split}"] = [
+            _preference_record(f"pref-{split}-{i:05d}", f"images/{split}_{i:05d}.png", sample.question,
+                               sample.answer, wrong_answer(sample, rng), sample.kind)
+            for i, sample in enumerate(split_samples)
+        ]
     for name, path in paths.items():
         _write_json(path, records[name])
     _write_json(meta_path, meta)

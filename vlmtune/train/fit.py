@@ -13,14 +13,13 @@ from vlmtune.config import TrainRecipeConfig
 log = logging.getLogger("vlmtune")
 
 
-def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
-    """TRL's SFTConfig for a training recipe's config."""
-    from trl import SFTConfig
-
+def trainer_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) -> dict:
+    """The Trainer settings every TRL trainer of a recipe shares (SFTConfig, DPOConfig): optimizer, schedule,
+    precision and device, logging, step checkpoints."""
     optim = cfg.optim
     on_gpu = torch.cuda.is_available()
     bf16, fp16 = precision_flags(optim.precision)
-    return SFTConfig(
+    return dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=optim.batch_size,
         gradient_accumulation_steps=optim.grad_accum,
@@ -33,10 +32,6 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
         max_grad_norm=optim.max_grad_norm,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # Loss on the assistant's tokens only, from the chat template's {% generation %} marks.
-        assistant_only_loss=True,
-        # No truncation: cutting a sequence could cut an image's tokens (lengths are checked by the data pipeline).
-        max_length=None,
         # SFTConfig defaults to bf16 + gradient checkpointing; on a CPU both only slow training down. Checkpointing
         # is chosen per part (policy.<part>.gradient_checkpointing).
         bf16=bf16,
@@ -59,6 +54,19 @@ def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
         # Batches of similar true lengths (the data pipeline's `length` column): less padding per batch.
         train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         length_column_name="length",
+    )
+
+
+def sft_config(cfg: TrainRecipeConfig, out_dir: Path, report_to: str):
+    """TRL's SFTConfig for a training recipe's config."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(cfg, out_dir, report_to),
+        # Loss on the assistant's tokens only, from the chat template's {% generation %} marks.
+        assistant_only_loss=True,
+        # No truncation: cutting a sequence could cut an image's tokens (lengths are checked by the data pipeline).
+        max_length=None,
     )
 
 

@@ -1,0 +1,82 @@
+"""Stage 3, preference tuning with TRL's DPOTrainer: teach a fine-tuned VLM to prefer one answer over another.
+
+Run as `vlmtune dpo init_from=<checkpoint> [overrides]` or `accelerate launch recipes/dpo.py init_from=... [overrides]`.
+`init_from` is a full checkpoint or an adapter directory (an sft run's `checkpoint/`). An adapter is merged into its
+base and the merged model is saved as <run_dir>/base, the base that the new DPO adapter records. The data are
+preference pairs (image, prompt, chosen, rejected; vlmtune/data/preferences.py), by default the ones `vlmtune synth`
+writes. Under LoRA/QLoRA (default) the reference model is the policy with its adapter disabled, i.e. exactly the
+starting model; under peft=none it is a frozen copy. Writes <run_dir>/checkpoint (an adapter directory, or a full
+checkpoint under peft=none) and, with `evaluate_at_end`, metrics.json: the chosen-minus-rejected log-probability
+margins on data.test before and after, and DPO's implicit reward margin.
+"""
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmtune.hydra_setup import setup
+
+setup()
+
+
+@hydra.main(config_path="../conf", config_name="dpo", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from vlmtune.data.errors import DataReport
+    from vlmtune.data.preferences import read_preference_split, to_preference_dataset
+    from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.model.parts import model_type_at
+    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.train.dpo import fit_dpo, score_preferences
+    from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
+
+    run = start_run(cfg, "dpo")
+    cfg = run.cfg
+    if cfg.eval_steps > 0:
+        raise ValueError("eval_steps: dpo has no in-training evaluation; evaluate_at_end scores the margins")
+
+    init = Path(cfg.init_from).resolve()  # the adapter records its base: keep it valid from any working directory
+    base = init
+    modes = {cfg.policy.vision.mode, cfg.policy.projector.mode, cfg.policy.llm.mode}
+    lora = bool(modes & {"lora", "qlora"})
+    if is_adapter(init) and lora:  # the new adapter needs its base, the merged sft model, on disk
+        base = run.dir / "base"
+        if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
+            save_checkpoint(*load_vlm(init, what="init_from"), base, run.provenance(stage="merged init_from"))
+        run.wait_for_everyone()
+    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
+    model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
+    # TRL's reference: the adapter disabled under LoRA (nothing to load), a frozen copy for a full fine-tune.
+    ref_model = None if lora else load_vlm(base, what="init_from")[0]
+    model = apply_policy(model, cfg.policy, cfg.peft)
+    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
+
+    report = DataReport()
+    pairs = read_preference_split(cfg.data, "train", report)
+    run.record_data("train", report)
+    fit_dpo(model, processor, to_preference_dataset(pairs), cfg, run.dir / "trainer", report_to=run.report_to,
+            ref_model=ref_model)
+
+    if is_main_process():
+        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
+        log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
+    run.wait_for_everyone()
+    metrics = None
+    if cfg.evaluate_at_end and cfg.data.test and is_main_process():
+        # Score the artifacts as written: the starting checkpoint (DPO's reference) against the trained one.
+        held_out = read_preference_split(cfg.data, "test")
+        metrics = score_preferences(init, run.dir / "checkpoint", held_out, cfg.beta, cfg.eval.batch_size)
+        (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        run.log({"test/margin_before": metrics["before"]["margin"], "test/margin": metrics["after"]["margin"],
+                 "test/preference_accuracy": metrics["after"]["accuracy"],
+                 "test/reward_margin": metrics["reward_margin"]})
+        log.info("dpo: held-out margin %.3f -> %.3f nats, preference accuracy %.3f -> %.3f",
+                 metrics["before"]["margin"], metrics["after"]["margin"],
+                 metrics["before"]["accuracy"], metrics["after"]["accuracy"])
+    run.finish()
+    return metrics["after"]["margin"] if metrics else None  # the objective of a Hydra sweeper
+
+
+if __name__ == "__main__":
+    main()
