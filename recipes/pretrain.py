@@ -15,6 +15,7 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from vlmtune import tracking
     from vlmtune.data.records import to_dataset, training_samples
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
@@ -28,15 +29,21 @@ def main(cfg: DictConfig) -> None:
 
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     freeze_all_but_projector(model)
-    log.info("parameters:\n%s", parameter_table(model))
+    parameters = parameter_table(model)
+    log.info("parameters:\n%s", parameters)
 
     captions, report = training_samples(cfg.data, processor)
     run.record_data("train", report)
+    if run.tracker is not None:  # git sha, system, data fingerprint, parameter table: W&B summary (main process)
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=captions, state=run.state)
     fit(model, processor, to_dataset(captions), cfg, run.dir / "trainer", report_to=run.report_to)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
         log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+        if run.tracker is not None and cfg.logger.log_checkpoint:
+            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
+                k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
     run.finish()
 
 
