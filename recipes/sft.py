@@ -60,10 +60,10 @@ def main(cfg: DictConfig) -> float | None:
 
     records, report = training_samples(cfg.data, processor)
     run.record_data("train", report)
-    if run.tracker is not None:  # git sha, system, data fingerprint, parameter table: W&B summary (main process)
-        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=records, state=run.state)
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
+    if run.tracker is not None:  # git sha, system, data fingerprint (blank images included), parameter table
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=records, state=run.state)
     callbacks = []
     if cfg.eval_steps > 0:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
