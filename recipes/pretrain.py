@@ -15,6 +15,7 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from vlmtune import tracking
     from vlmtune.data.records import to_dataset, training_samples
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
@@ -29,10 +30,13 @@ def main(cfg: DictConfig) -> None:
 
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     model = apply_policy(model, cfg.policy, cfg.peft)
-    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
+    parameters = parameter_table(model, cfg.policy, cfg.optim)
+    log.info("parameters:\n%s", parameters)
 
     captions, report = training_samples(cfg.data, processor)
     run.record_data("train", report)
+    if run.tracker is not None:  # git sha, system, data fingerprint, parameter table: W&B summary (main process)
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=captions, state=run.state)
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
     fit(model, processor, to_dataset(captions), cfg, run.dir / "trainer", report_to=run.report_to)
@@ -42,6 +46,9 @@ def main(cfg: DictConfig) -> None:
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
         log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+        if run.tracker is not None and cfg.logger.log_checkpoint:
+            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
+                k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
     run.finish()
 
 

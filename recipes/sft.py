@@ -21,6 +21,7 @@ setup()
 def main(cfg: DictConfig) -> float | None:
     import torch
 
+    from vlmtune import tracking
     from vlmtune.data.records import blank_images, to_dataset, training_samples
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
@@ -54,21 +55,28 @@ def main(cfg: DictConfig) -> float | None:
     else:
         model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
     model = apply_policy(model, cfg.policy, cfg.peft)
-    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
+    parameters = parameter_table(model, cfg.policy, cfg.optim)
+    log.info("parameters:\n%s", parameters)
 
     records, report = training_samples(cfg.data, processor)
     run.record_data("train", report)
     if cfg.data.blank_images:
         records = blank_images(records, run.dir)
+    if run.tracker is not None:  # git sha, system, data fingerprint (blank images included), parameter table
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=records, state=run.state)
     callbacks = []
     if cfg.eval_steps > 0:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
-        callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state))
+        callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state,
+                                        table_rows=cfg.logger.log_samples))
     fit(model, processor, to_dataset(records), cfg, run.dir / "trainer", report_to=run.report_to, callbacks=callbacks)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
         log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
+        if run.tracker is not None and cfg.logger.log_checkpoint:
+            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="sft", metadata={
+                "init_from": str(base), **{k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")}})
     run.wait_for_everyone()
     # Score the artifact as written (adapters merged the way any later user loads them), not the live model.
     metrics = evaluate_checkpoint(run, run.dir / "checkpoint") if cfg.evaluate_at_end and cfg.data.test else None

@@ -137,6 +137,7 @@ class LoggerConfig:
     mode: str | None = None  # online | offline | disabled; None = online when WANDB_API_KEY is set, else offline
     tags: list[str] = field(default_factory=list)  # extra W&B tags
     log_samples: int = 16  # evaluation samples (with images) logged as a W&B table
+    log_checkpoint: bool = False  # log the final checkpoint as a W&B artifact (type "model"; files referenced in place)
 
 
 @dataclass

@@ -150,11 +150,13 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
         callbacks=None) -> list[dict]:
     """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
 
-    On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143).
+    On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143). A NaN/inf
+    loss raises `NonFiniteLoss` (vlmtune.train.guards) before that step is saved.
     """
     from trl import SFTTrainer
 
     from vlmtune.data.packing import PackedCollator, check_packable
+    from vlmtune.train.guards import NonFiniteLossGuard
     from vlmtune.train.policy import param_groups
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
@@ -163,8 +165,10 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     if resume_from:
         log.info("resuming from %s", resume_from)
     sigterm = _save_and_stop_on_sigterm()
+    # Last: it runs after the callbacks that request a save and raises before a non-finite step is saved.
+    guard = NonFiniteLossGuard()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
-                         callbacks=[*(callbacks or []), sigterm])
+                         callbacks=[*(callbacks or []), sigterm, guard])
     # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)

@@ -14,10 +14,13 @@ log = logging.getLogger("vlmtune")
 
 class GenerationEval(TrainerCallback):
     """Scores `records` every `every` optimizer steps on all ranks (generation is split across them) and logs
-    `eval/accuracy` to W&B against `train/global_step`, the step metric the Trainer's W&B callback defines."""
+    `eval/accuracy` to W&B against `train/global_step`, the step metric the Trainer's W&B callback defines, with
+    `eval/generations`: a table of the first `table_rows` probes (image, question, answer, prediction) at that step."""
 
-    def __init__(self, processor, records: list[dict[str, Any]], eval_cfg: EvalConfig, every: int, state) -> None:
+    def __init__(self, processor, records: list[dict[str, Any]], eval_cfg: EvalConfig, every: int, state,
+                 table_rows: int = 0) -> None:
         self.processor, self.records, self.eval_cfg, self.every, self.state = processor, records, eval_cfg, every, state
+        self.table_rows = table_rows  # rows of the W&B generations table (the same fixed probes every time); 0: none
         self.history: list[dict[str, float]] = []  # what was measured, for the caller and the tests
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -26,7 +29,7 @@ class GenerationEval(TrainerCallback):
         from vlmtune.eval.run import evaluate_model
 
         model.eval()
-        _, metrics = evaluate_model(model, self.processor, self.records, self.eval_cfg, self.state)
+        rows, metrics = evaluate_model(model, self.processor, self.records, self.eval_cfg, self.state)
         model.train()
         entry = {"step": state.global_step, **{k: v for k, v in metrics.items() if k != "n"}}
         self.history.append(entry)
@@ -35,5 +38,10 @@ class GenerationEval(TrainerCallback):
             import wandb
 
             if wandb.run is not None:
-                wandb.log({f"eval/{k}": v for k, v in entry.items() if k != "step"} |
-                          {"train/global_step": state.global_step})
+                logged = {f"eval/{k}": v for k, v in entry.items() if k != "step"}
+                if self.table_rows > 0:
+                    from vlmtune.tracking import generations_table
+
+                    logged["eval/generations"] = generations_table(rows, self.records, state.global_step,
+                                                                   self.table_rows)
+                wandb.log(logged | {"train/global_step": state.global_step})

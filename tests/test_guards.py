@@ -1,0 +1,105 @@
+"""A non-finite loss (or weights) stops training with an error naming the step and the last good checkpoint, which is
+never overwritten by a checkpoint of NaN weights and stays resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, vlmtune
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from vlmtune.train.fit import latest_complete_checkpoint
+
+
+def _cfg(run_dir: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vlmtune.hydra_setup import setup
+
+    setup()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="sft", overrides=[f"run_dir={run_dir}", "logger=none", "optim.batch_size=4",
+                                                    "logging_steps=1", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+class Poison(TrainerCallback):
+    """Turns every trainable weight into NaN at the end of step `at` (what a diverging run does on its own)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.at:
+            with torch.no_grad():
+                for param in model.parameters():
+                    if param.requires_grad:
+                        param.fill_(float("nan"))
+
+
+def _train(cfg, callbacks=()):
+    from vlmtune.data.records import to_dataset, training_samples
+    from vlmtune.model.compose import compose
+    from vlmtune.train.fit import fit
+    from vlmtune.train.policy import apply_peft
+
+    model, processor = compose(cfg.model)
+    model = apply_peft(model, cfg.peft)
+    records, _ = training_samples(cfg.data, processor)
+    return fit(model, processor, to_dataset(records), cfg, Path(cfg.run_dir) / "trainer", report_to="none",
+               callbacks=list(callbacks))
+
+
+def _finite(checkpoint: Path) -> bool:
+    weights = load_file(checkpoint / "adapter_model.safetensors")
+    return bool(weights) and all(bool(torch.isfinite(w).all()) for w in weights.values())
+
+
+def test_a_nan_loss_stops_before_its_step_is_saved_and_the_last_good_checkpoint_resumes(cache, tmp_path):
+    from vlmtune.train.guards import NonFiniteLoss
+
+    cfg = _cfg(tmp_path, "optim.max_steps=6", "save_steps=2", "save_total_limit=1")
+    with pytest.raises(NonFiniteLoss) as caught:
+        _train(cfg, [Poison(at=3)])  # weights NaN after step 3: the loss of step 4 is NaN
+    good = tmp_path / "trainer" / "checkpoint-2"
+    message = str(caught.value)
+    assert "training loss became nan at step 4" in message and str(good) in message
+    # save_total_limit=1 would have replaced checkpoint-2 with a NaN checkpoint-4 (and -6) had training gone on.
+    assert latest_complete_checkpoint(tmp_path / "trainer") == good
+    assert sorted(p.name for p in (tmp_path / "trainer").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert _finite(good)
+
+    history = _train(cfg)  # resume=auto from checkpoint-2, no poison: finishes
+    assert history[-1]["step"] == 6 and min(e["step"] for e in history if "loss" in e) == 1
+    state = json.loads((tmp_path / "trainer" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert _finite(tmp_path / "trainer" / "checkpoint-6")
+
+
+def test_nan_weights_after_a_finite_loss_are_not_saved(cache, tmp_path):
+    from vlmtune.train.guards import NonFiniteLoss
+
+    cfg = _cfg(tmp_path, "optim.max_steps=4", "save_steps=1")
+    with pytest.raises(NonFiniteLoss, match="weights became non-finite .* at step 2") as caught:
+        _train(cfg, [Poison(at=2)])  # step 2's loss was finite, its update is not: step 2 must not be saved
+    assert str(tmp_path / "trainer" / "checkpoint-1") in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "trainer").glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_an_absurd_learning_rate_fails_with_the_step_and_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(AssertionError) as caught:
+        vlmtune("sft", f"run_dir={out}", "optim.max_steps=6", "optim.batch_size=4", "save_steps=1", "optim.lr=1e30",
+                "optim.max_grad_norm=0", "optim.warmup_ratio=0", "optim.scheduler=constant", "logger=none",
+                "evaluate_at_end=false")
+    output = str(caught.value)
+    assert "NonFiniteLoss" in output and "training loss became" in output
+    step = int(output.split("at step ")[1].split(":")[0])
+    last_good = latest_complete_checkpoint(out / "trainer")
+    assert last_good is not None and last_good.name == f"checkpoint-{step - 1}" and str(last_good) in output
+    assert not (out / "trainer" / f"checkpoint-{step}").exists() and not (out / "checkpoint").exists()

@@ -1,0 +1,104 @@
+"""Stop a diverged run before it writes a checkpoint of it: a non-finite training loss (or weights) is an error.
+
+The Trainer keeps `save_total_limit` step checkpoints and deletes the oldest when it writes a new one, so a run that
+kept training on NaN weights would replace its good checkpoints with NaN ones within a few `save_steps`. The guard
+raises at the end of the first optimizer step whose loss was NaN/inf, before the Trainer saves anything for that
+step; on a step that is due to be saved it also checks the trainable weights (a finite loss can still produce
+non-finite gradients and weights). The newest step checkpoint then is the last good one, and `resume=auto` continues
+from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+log = logging.getLogger("vlmtune")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss or weights; nothing of that step was saved."""
+
+    def __init__(self, step: int, what: str, last_good: Path | None) -> None:
+        self.step, self.what, self.last_good = step, what, last_good
+        if last_good is not None:
+            where = (f"The last good checkpoint is {last_good} (kept; resume=auto, the default, continues from it "
+                     "with its saved optimizer and learning-rate schedule).")
+        else:
+            where = "No step checkpoint was written before it (set save_steps=N to keep resumable checkpoints)."
+        super().__init__(f"{what} at step {step}: training stopped, no checkpoint of this step was written. {where} "
+                         "Lower optim.lr, keep optim.max_grad_norm > 0 or check the data around this step.")
+
+
+def _output_loss(output):
+    if isinstance(output, dict):
+        return output.get("loss")
+    return getattr(output, "loss", None)
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Watches the loss of every training forward pass (a forward hook on the model), and the trainable weights on
+    save steps and the last step; raises `NonFiniteLoss` from `on_step_end`, before the Trainer saves that step.
+
+    Ranks agree through one all-reduce of a flag per step, so all of them stop at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.bad_loss: float | None = None  # the first non-finite loss of the current step
+        self._hook = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and self._hook is None:
+            self._hook = model.register_forward_hook(self._watch)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _watch(self, module, inputs, output) -> None:
+        if not module.training or not torch.is_grad_enabled() or self.bad_loss is not None:
+            return
+        loss = _output_loss(output)
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            self.bad_loss = float(loss.detach().float().reshape(-1)[0])
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        what = None
+        if self.bad_loss is not None:
+            what = f"the training loss became {self.bad_loss}"
+        elif (control.should_save or state.global_step >= state.max_steps) and model is not None \
+                and not _weights_finite(model):  # weights about to be saved (a step or the final checkpoint)
+            what = "the trainable weights became non-finite (the loss was still finite)"
+        if _any_rank(what is not None, args) and what is None:
+            what = "another process saw a non-finite loss or weights"
+        self.bad_loss = None
+        if what is None:
+            return
+        control.should_save = False  # belt and braces: the raise below already prevents the save
+        control.should_training_stop = True
+        from vlmtune.train.fit import latest_complete_checkpoint
+
+        self.on_train_end(args, state, control)
+        error = NonFiniteLoss(state.global_step, what, latest_complete_checkpoint(args.output_dir))
+        log.error("%s", error)
+        raise error
+
+
+def _weights_finite(model) -> bool:
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def _any_rank(flag: bool, args) -> bool:
+    """True when `flag` is true on any process (one all-reduce; just `flag` in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=args.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
