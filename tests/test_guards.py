@@ -46,10 +46,10 @@ def _train(cfg, callbacks=()):
     from vlmtune.data.records import to_dataset, training_samples
     from vlmtune.model.compose import compose
     from vlmtune.train.fit import fit
-    from vlmtune.train.policy import apply_peft
+    from vlmtune.train.policy import apply_policy
 
     model, processor = compose(cfg.model)
-    model = apply_peft(model, cfg.peft)
+    model = apply_policy(model, cfg.policy, cfg.peft)
     records, _ = training_samples(cfg.data, processor)
     return fit(model, processor, to_dataset(records), cfg, Path(cfg.run_dir) / "trainer", report_to="none",
                callbacks=list(callbacks))
