@@ -13,7 +13,7 @@ install:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on this machine's disk; a range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,optuna]"
 
 demo:
 	$(BIN)/vlmtune demo
