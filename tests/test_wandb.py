@@ -26,7 +26,7 @@ def test_sft_logs_run_facts_probe_generations_and_the_checkpoint_artifact(pipeli
     assert summary(pipeline["sft"])["summary"]["data/train/fingerprint"] == facts["data/train/fingerprint"]
 
     parameters = tables(out, "model/parameters")
-    assert len(parameters) == 1 and parameters[0]["columns"] == ["part", "parameters", "trainable"]
+    assert len(parameters) == 1 and parameters[0]["columns"] == ["part", "parameters", "trainable", "mode", "lr"]
 
     generations = tables(out, "eval/generations")  # FAST has max_steps=4: probes at steps 2 and 4
     assert [t["data"][0][0] for t in generations] == [2, 4]
