@@ -80,9 +80,10 @@ def test_registry_lists_valid_keys():
 
 
 def test_redact_hides_secret_looking_keys():
-    config = {"logger": {"api_key": "abc", "project": "p"}, "hub_token": "t", "runs": [{"password": "x"}]}
+    config = {"logger": {"api_key": "abc", "project": "p"}, "hub_token": "t", "runs": [{"password": "x"}],
+              "llm": {"pad_token": "<|endoftext|>"}}
     assert redact(config) == {"logger": {"api_key": "***", "project": "p"}, "hub_token": "***",
-                              "runs": [{"password": "***"}]}
+                              "runs": [{"password": "***"}], "llm": {"pad_token": "<|endoftext|>"}}
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,17 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("vlmtune")
 
-# Config keys whose values never reach a log or a file (W&B config, vlmtune.json).
+# Config keys whose values never reach a log or a file (W&B config, vlmtune.json). Vocabulary tokens (a tokenizer's
+# pad / bos / eos / image token, e.g. model.llm.pad_token) are text, not credentials.
 _SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+_VOCABULARY = re.compile(r"^(pad|bos|eos|unk|image|sep|cls|mask)_token$", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:
     """Copy of a plain config tree with secret-looking keys replaced by '***'."""
     if isinstance(value, dict):
-        return {k: "***" if _SECRET.search(str(k)) else redact(v) for k, v in value.items()}
+        return {k: "***" if _SECRET.search(str(k)) and not _VOCABULARY.match(str(k)) else redact(v)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

@@ -162,7 +162,7 @@ class Blueprint:
     end_of_turn: str  # the token that ends an assistant turn: generation stops there
     llm_config: Any  # the LLM's config (no weights)
     probe: VisionProbe
-    projector: Any  # the new projector module
+    projector: Any  # the projector's declaration, on the meta device (compose builds the real one)
     image_tokens: int  # tokens per image: the projector's declared count
     llava_strategy: str | None  # Llava's select strategy, or None when only the vlmtune type can express it
 
@@ -216,7 +216,10 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(cfg.template))
 
     probe = probe_vision(vision, image_processor, cfg.vision)
-    projector = projector_class(probe.feature_dim, llm_config.hidden_size, options).to(dtype)
+    # A declaration on the meta device (its token count, whether it needs the grid): no weights are drawn here, so
+    # the real projector built in `compose` gets the same random init whatever ran before it.
+    with torch.device("meta"):
+        projector = projector_class(probe.feature_dim, llm_config.hidden_size, options)
     if projector.needs_grid and probe.tokens != probe.grid[0] * probe.grid[1]:
         raise ValueError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
                          f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
@@ -263,12 +266,13 @@ def compose(cfg: ModelConfig):
     model.model.vision_tower = parts.vision
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
-    projector = parts.projector
     if parts.plain_llava:  # transformers' own module, so the checkpoint stays a plain `llava` one
         from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-        projector = LlavaMultiModalProjector(config).to(dtype)
-    model.model.multi_modal_projector = projector
+        projector = LlavaMultiModalProjector(config)
+    else:
+        projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, parts.projector.options)
+    model.model.multi_modal_projector = projector.to(dtype)
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
