@@ -22,6 +22,7 @@ from vlmtune.train.fit import (
     latest_complete_checkpoint,
     resume_point,
     trainer_arguments,
+    use_policy_optimizer,
 )
 
 log = logging.getLogger("vlmtune")
@@ -52,7 +53,6 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
     """
     from trl import DPOTrainer
 
-    from vlmtune.train.policy import param_groups
 
     args = dpo_config(cfg, out_dir, report_to)
     resume_from = resume_point(cfg.resume, out_dir)
@@ -74,10 +74,7 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
-    # As in fit(): per-part learning rates and weight decay (policy.<part>.lr / weight_decay) as AdamW groups.
-    groups = param_groups(trainer.model, cfg.policy, cfg.optim, set(trainer.get_decay_parameter_names(trainer.model)))
-    trainer.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                          eps=args.adam_epsilon)
+    use_policy_optimizer(trainer, cfg)  # per-part learning rates and weight decay, as in fit()
     trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.requested:
         raise Preempted(latest_complete_checkpoint(args.output_dir))

@@ -90,6 +90,16 @@ def precision_flags(precision: str) -> tuple[bool, bool]:
     raise ValueError(f"optim.precision={precision!r}: expected auto, fp32, bf16 or fp16")
 
 
+def use_policy_optimizer(trainer, cfg) -> None:
+    """Give `trainer` the optimizer its arguments name (`args.optim`, AdamW fused by default) over per-part parameter
+    groups: policy.<part>.lr / weight_decay. The Trainer's scheduler then scales every group's rate alike."""
+    from vlmtune.train.policy import param_groups
+
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    optimizer_class, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    trainer.optimizer = optimizer_class(param_groups(trainer.model, cfg.policy, cfg.optim, decay), **optimizer_kwargs)
+
+
 def latest_complete_checkpoint(trainer_dir: Path) -> Path | None:
     """The newest `checkpoint-N` under `trainer_dir` that a kill did not interrupt.
 
@@ -157,7 +167,6 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
 
     from vlmtune.data.packing import PackedCollator, check_packable
     from vlmtune.train.guards import NonFiniteLossGuard
-    from vlmtune.train.policy import param_groups
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
@@ -182,11 +191,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.float()
-    # Per-part learning rates and weight decay (policy.<part>.lr / weight_decay) as AdamW parameter groups; the
-    # Trainer's scheduler then scales every group's rate alike.
-    groups = param_groups(trainer.model, cfg.policy, cfg.optim, set(trainer.get_decay_parameter_names(trainer.model)))
-    trainer.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                          eps=args.adam_epsilon)
+    use_policy_optimizer(trainer, cfg)
     trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.requested:
         raise Preempted(latest_complete_checkpoint(args.output_dir))
