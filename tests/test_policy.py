@@ -213,3 +213,16 @@ def test_pretrain_with_a_feature_cache_encodes_each_image_once(cache, tmp_path):
     out = vlmtune("pretrain", f"run_dir={tmp_path / 'run'}", f"vision_feature_cache={tmp_path / 'features'}",
                   "data.max_train_samples=8", "optim.batch_size=4", "optim.epochs=3", "logger=none")
     assert "vision feature cache: 16 images read from disk, 8 encoded" in out
+
+
+def test_lora_rank_and_alpha_per_part(model):
+    policy = _policy(vision="lora")
+    policy.vision.lora_r, policy.vision.lora_alpha = 4, 8
+    policy.llm.lora_r = 12
+    model = apply_policy(model, policy, PeftConfig(r=16, alpha=32))
+    ranks = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "r") and isinstance(module.r, dict) and "default" in module.r:
+            part = "vision" if "vision_tower" in name else "llm"
+            ranks.setdefault(part, set()).add((module.r["default"], module.scaling["default"]))
+    assert ranks == {"vision": {(4, 2.0)}, "llm": {(12, 32 / 12)}}

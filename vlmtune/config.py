@@ -99,6 +99,8 @@ class PartPolicy:
     lr: float | None = None  # this part's learning rate; None = optim.lr
     weight_decay: float | None = None  # this part's AdamW weight decay; None = optim.weight_decay
     gradient_checkpointing: bool = False  # recompute this part's activations in the backward pass: less memory
+    lora_r: int | None = None  # lora mode: this part's LoRA rank; None = peft.r
+    lora_alpha: int | None = None  # lora mode: this part's LoRA alpha; None = peft.alpha
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from vlmtune.config import OptimConfig, PeftConfig, PolicyConfig
+from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig
 from vlmtune.model.parts import PART_NAMES, parts_of
 from vlmtune.model.parts import part_of as _part_of
 
@@ -91,9 +91,10 @@ def lora_target(target: str, parts: dict[str, str]) -> str:
                                                                           re.escape(parts["vision"]))
 
 
-def _lora(model, modes: dict[str, str], peft: PeftConfig, parts: dict[str, str]):
+def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str]):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    modes = {part: rule.mode for part, rule in rules.items()}
     if modes["llm"] == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False):
             raise ValueError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
@@ -104,9 +105,14 @@ def _lora(model, modes: dict[str, str], peft: PeftConfig, parts: dict[str, str])
     # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
     full = [parts[part] for part, mode in modes.items() if mode == "full"] + (["lm_head"] if modes["llm"] == "full"
                                                                                else [])
+    # Per-part rank / alpha (policy.<part>.lora_r / lora_alpha) through peft's patterns, keyed by the part's target.
+    rank_pattern = {lora_target(targets[part], parts): policy_rule.lora_r for part in sorted(lora_parts)
+                    if (policy_rule := rules[part]).lora_r is not None}
+    alpha_pattern = {lora_target(targets[part], parts): policy_rule.lora_alpha for part in sorted(lora_parts)
+                     if (policy_rule := rules[part]).lora_alpha is not None}
     config = LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, use_dora=peft.use_dora,
                         use_rslora=peft.use_rslora, target_modules=pattern, modules_to_save=full or None,
-                        task_type="CAUSAL_LM")
+                        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     landed = defaultdict(list)
     for name, _ in model.named_parameters():
@@ -132,7 +138,7 @@ def apply_policy(model, policy: PolicyConfig, peft: PeftConfig):
     modes = _modes(policy)
     parts = parts_of(model)
     if any(mode in ("lora", "qlora") for mode in modes.values()):
-        model = _lora(model, modes, peft, parts)
+        model = _lora(model, {part: getattr(policy, part) for part in PART_NAMES}, peft, parts)
     else:
         for name, param in model.named_parameters():
             param.requires_grad = _trains(part_of(name, parts), modes)
