@@ -28,11 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.formats import PLACEHOLDER, _resolve, _turns_from_to_messages, from_messages
 from vlmtune.data.images import MAX_PIXELS, load_image
-from vlmtune.data.records import check_image_header
-from vlmtune.data.sources import read_rows
+from vlmtune.data.records import read_samples
 
 
 def _messages(value: Any, where: str, what: str) -> list[dict[str, Any]]:
@@ -113,37 +112,9 @@ def read_preferences(
     report: DataReport | None = None,
 ) -> list[dict[str, Any]]:
     """Canonical preference pairs from `source`; bad ones raise or (on_error=skip) are counted in `report`."""
-    check_on_error(on_error)
-    if verify_images not in ("header", "full"):
-        raise ValueError(f"data.verify_images={verify_images!r}: expected header or full")
-    report = report if report is not None else DataReport()
-    path = Path(source)
-    root = Path(image_root) if image_root else (path.parent if path.is_file() else path)
-    pairs = []
-    for where, row in read_rows(source, split):
-        if limit is not None and len(pairs) >= limit:
-            break
-        report.samples += 1
-        try:
-            if isinstance(row, DataError):
-                raise row
-            pair = to_preference(row, where, root)
-            if pair["id"] is None:
-                pair["id"] = where
-            for image in pair["images"]:
-                check = load_image if verify_images == "full" else check_image_header
-                check(image, f"{where}, sample {pair['id']!r}", max_image_pixels)
-        except DataError as error:
-            if on_error == "raise":
-                raise
-            report.add_error(error)
-            continue
-        pairs.append(pair)
-        report.kept += 1
-        report.images += len(pair["images"])
-    if not pairs:
-        raise DataError(f"{source}: no usable preference pairs\n{report.summary()}", "empty")
-    return pairs
+    return read_samples(source, image_root=image_root, on_error=on_error, limit=limit, split=split,
+                        verify_images=verify_images, max_image_pixels=max_image_pixels, report=report,
+                        convert=to_preference)
 
 
 def read_preference_split(data, which: str, report: DataReport | None = None) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ file and sample; `skip` leaves the sample out and counts it in the `DataReport`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,13 @@ def read_samples(
     max_image_pixels: int = MAX_PIXELS,
     streaming: bool = False,
     report: DataReport | None = None,
+    convert: Callable[[Any, str, Path], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Canonical samples from `source`; bad samples raise or (on_error=skip) are counted in `report` and left out."""
+    """Canonical samples from `source`; bad samples raise or (on_error=skip) are counted in `report` and left out.
+
+    `convert(row, where, image_root)` turns one row into a sample (default: `to_sample` with `fmt`; the DPO reader
+    passes its preference-pair converter): reading, image checks, the error policy and the report are shared.
+    """
     check_on_error(on_error)
     if verify_images not in ("header", "full"):
         raise ValueError(f"data.verify_images={verify_images!r}: expected header or full")
@@ -79,7 +85,7 @@ def read_samples(
         try:
             if isinstance(row, DataError):
                 raise row
-            sample = to_sample(row, fmt, where, root)
+            sample = convert(row, where, root) if convert else to_sample(row, fmt, where, root)
             if sample["id"] is None:
                 sample["id"] = where  # a stable name for evaluation and error messages
             for image in sample["images"]:
