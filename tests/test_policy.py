@@ -142,12 +142,14 @@ def test_gradient_checkpointing_per_part_gives_the_same_gradients(tiny):
 def test_precision_choice_per_device():
     from vlmtune.train.fit import precision_flags
 
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU answers")
-    assert precision_flags("auto") == (False, False) and precision_flags("fp32") == (False, False)
-    assert precision_flags("bf16") == (True, False)
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        precision_flags("fp16")
+    assert precision_flags("fp32") == (False, False)
+    if torch.cuda.is_available():  # a GPU: bf16 where it is supported, fp16 allowed
+        assert precision_flags("auto") == (torch.cuda.is_bf16_supported(), False)
+        assert precision_flags("fp16") == (False, True)
+    else:
+        assert precision_flags("auto") == (False, False) and precision_flags("bf16") == (True, False)
+        with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+            precision_flags("fp16")
     with pytest.raises(ValueError, match="expected auto, fp32, bf16 or fp16"):
         precision_flags("fp8")
 

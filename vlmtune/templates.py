@@ -43,16 +43,23 @@ class Template:
     special_tokens: tuple[str, ...] = field(default=())  # markers added to a tokenizer that lacks them
 
 
-CHATML = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|im_start|>assistant" + _NL + "{% generation %}" + _CONTENT + "<|im_end|>{% endgeneration %}" + _NL +
-    "{%- else -%}"
-    "<|im_start|>{{ message['role'] }}" + _NL + _CONTENT + "<|im_end|>" + _NL +
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant" + _NL + "{%- endif -%}"
-)
+def _chatml(content: str = _CONTENT, default_system: str | None = None) -> str:
+    """chatml turns (`content` renders a message's parts); `default_system` is rendered when no system turn leads."""
+    system = ("{%- if loop.first and message['role'] != 'system' -%}<|im_start|>system" + _NL + default_system +
+              "<|im_end|>" + _NL + "{%- endif -%}") if default_system else ""
+    return (
+        "{%- for message in messages -%}" + system +
+        "{%- if message['role'] == 'assistant' -%}"
+        "<|im_start|>assistant" + _NL + "{% generation %}" + content + "<|im_end|>{% endgeneration %}" + _NL +
+        "{%- else -%}"
+        "<|im_start|>{{ message['role'] }}" + _NL + content + "<|im_end|>" + _NL +
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<|im_start|>assistant" + _NL + "{%- endif -%}"
+    )
+
+
+CHATML = _chatml()
 
 # Llama 3.x: header blocks, turns end with <|eot_id|>.
 LLAMA3 = _BOS + (
@@ -163,20 +170,7 @@ IDEFICS3 = (
 )
 
 # Qwen2-VL / Qwen2.5-VL: chatml with a default system turn and <|vision_start|><|image_pad|><|vision_end|> images.
-_QWEN_CONTENT = _content("<|vision_start|><|image_pad|><|vision_end|>")
-QWEN2_VL = (
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "<|im_start|>system" + _NL + "You are a helpful assistant.<|im_end|>" + _NL +
-    "{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|im_start|>assistant" + _NL + "{% generation %}" + _QWEN_CONTENT + "<|im_end|>{% endgeneration %}" + _NL +
-    "{%- else -%}"
-    "<|im_start|>{{ message['role'] }}" + _NL + _QWEN_CONTENT + "<|im_end|>" + _NL +
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant" + _NL + "{%- endif -%}"
-)
+QWEN2_VL = _chatml(_content("<|vision_start|><|image_pad|><|vision_end|>"), "You are a helpful assistant.")
 
 # PaliGemma: "<image>prefix\nsuffix<eos>"; its processor inserts <bos> after the image tokens and appends the "\n"
 # that separates prefix and suffix to the prompt, so the prompt side renders without it. Single-turn only.

@@ -11,6 +11,7 @@ transformers loads the model; every other projector makes the checkpoint the `vl
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from vlmtune.registry import Registry
 Grid = tuple[int, int]  # (rows, columns) of patch tokens
 
 
-class Projector(nn.Module):
+class Projector(nn.Module, ABC):
     """Base class: `options` are the fields of conf/model/projector/<name>.yaml (ProjectorConfig)."""
 
     needs_grid = False  # True when the projector merges neighbouring patches: tokens must form the patch grid
@@ -34,8 +35,9 @@ class Projector(nn.Module):
         """Image tokens per image for `num_tokens` vision tokens laid out on `grid`."""
         return num_tokens
 
+    @abstractmethod
     def forward(self, features: torch.Tensor, grid: Grid) -> torch.Tensor:
-        raise NotImplementedError
+        """(images, tokens, vision_dim) features on `grid` -> (images, output_tokens, llm_dim) embeddings."""
 
 
 PROJECTORS: Registry[type[Projector]] = Registry("model.projector.name")
