@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
         f"model type  {config.model_type}; {getattr(config, 'image_seq_length', 'n/a')} image tokens per image; "
         f"template {cfg.model.template}",
         "",
-        parameter_table(model, cfg.policy, cfg.optim),
+        parameter_table(model, cfg.policy, cfg.optim, cfg.peft),
     ]))
 
 

@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> float | None:
     # TRL's reference: the adapter disabled under LoRA (nothing to load), a frozen copy for a full fine-tune.
     ref_model = None if lora else load_vlm(base, what="init_from")[0]
     model = apply_policy(model, cfg.policy, cfg.peft)
-    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim))
+    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim, cfg.peft))
 
     report = DataReport()
     pairs = read_preference_split(cfg.data, "train", report)

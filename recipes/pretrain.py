@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
 
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     model = apply_policy(model, cfg.policy, cfg.peft)
-    parameters = parameter_table(model, cfg.policy, cfg.optim)
+    parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
     log.info("parameters:\n%s", parameters)
 
     captions, report = training_samples(cfg.data, processor)

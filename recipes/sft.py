@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
     else:
         model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
     model = apply_policy(model, cfg.policy, cfg.peft)
-    parameters = parameter_table(model, cfg.policy, cfg.optim)
+    parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
     log.info("parameters:\n%s", parameters)
 
     records, report = training_samples(cfg.data, processor)

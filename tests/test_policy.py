@@ -228,3 +228,49 @@ def test_lora_rank_and_alpha_per_part(model):
             part = "vision" if "vision_tower" in name else "llm"
             ranks.setdefault(part, set()).add((module.r["default"], module.scaling["default"]))
     assert ranks == {"vision": {(4, 2.0)}, "llm": {(12, 32 / 12)}}
+
+
+def _lora_layers(model) -> dict[str, list]:
+    from peft.tuners.lora import LoraLayer
+
+    from vlmtune.train.policy import part_of
+
+    layers: dict[str, list] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            layers.setdefault(part_of(name), []).append(module)
+    return layers
+
+
+def test_lora_dropout_and_rslora_per_part_survive_a_saved_adapter(model, tiny, tmp_path):
+    """Vision: rsLoRA and dropout 0.2; LLM: plain LoRA scale and peft's dropout 0.05. The scales are written into
+    the adapter config, so peft alone rebuilds them; the table shows each part's settings."""
+    from peft import PeftModel
+
+    policy = _policy(vision="lora")
+    policy.vision.lora_r, policy.vision.use_rslora, policy.vision.lora_dropout = 4, True, 0.2
+    peft = PeftConfig(r=16, alpha=32, dropout=0.05)
+    adapted = apply_policy(model, policy, peft)
+    layers = _lora_layers(adapted)
+    assert {(m.scaling["default"], m.lora_dropout["default"].p) for m in layers["vision"]} == {(32 / 4**0.5, 0.2)}
+    assert {(m.scaling["default"], m.lora_dropout["default"].p) for m in layers["llm"]} == {(32 / 16, 0.05)}
+    table = parameter_table(adapted, policy, OptimConfig(), peft)
+    rows = {line.split()[0]: line.split() for line in table.splitlines()}
+    assert rows["part"][-1] == "lora"
+    assert rows["vision"][-1] == "r=4,alpha=32,dropout=0.2,rslora"
+    assert rows["llm"][-1] == "r=16,alpha=32,dropout=0.05"
+
+    adapted.save_pretrained(tmp_path / "adapter")
+    vision = VisionConfig(path=str(tiny / "vision" / "clip"), select_strategy="default")
+    fresh = compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))[0]
+    reloaded = _lora_layers(PeftModel.from_pretrained(fresh, tmp_path / "adapter"))
+    assert {m.scaling["default"] for m in reloaded["vision"]} == {32 / 4**0.5}
+    assert {m.scaling["default"] for m in reloaded["llm"]} == {32 / 16}
+
+
+def test_plain_lora_part_under_adapter_wide_rslora(model):
+    policy = _policy(vision="lora")
+    policy.llm.use_rslora = False
+    layers = _lora_layers(apply_policy(model, policy, PeftConfig(r=16, alpha=32, use_rslora=True)))
+    assert {m.scaling["default"] for m in layers["vision"]} == {32 / 16**0.5}
+    assert [m.scaling["default"] for m in layers["llm"]] == pytest.approx([32 / 16] * len(layers["llm"]))

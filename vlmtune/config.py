@@ -101,6 +101,8 @@ class PartPolicy:
     gradient_checkpointing: bool = False  # recompute this part's activations in the backward pass: less memory
     lora_r: int | None = None  # lora mode: this part's LoRA rank; None = peft.r
     lora_alpha: int | None = None  # lora mode: this part's LoRA alpha; None = peft.alpha
+    lora_dropout: float | None = None  # lora mode: this part's LoRA dropout; None = peft.dropout
+    use_rslora: bool | None = None  # lora mode: scale this part by alpha / sqrt(r), not alpha / r; None = peft's
 
 
 @dataclass
@@ -114,12 +116,15 @@ class PolicyConfig:
 
 @dataclass
 class PeftConfig:
-    """LoRA settings shared by every part whose policy mode is lora / qlora."""
+    """LoRA settings for every part whose policy mode is lora / qlora; policy.<part>.lora_r / lora_alpha /
+    lora_dropout / use_rslora override r, alpha, dropout and use_rslora for that part."""
 
     r: int = 16  # LoRA rank
     alpha: int = 32  # LoRA alpha (scale = alpha / r; alpha / sqrt(r) with rslora)
     dropout: float = 0.0  # LoRA dropout
-    use_dora: bool = False  # DoRA: weight-decomposed LoRA
+    # DoRA (weight-decomposed LoRA) for every LoRA part: peft keeps it per adapter, and a second adapter per part
+    # would not survive the Trainer's resume (it restores one active adapter), so it is not a per-part setting.
+    use_dora: bool = False
     use_rslora: bool = False  # rank-stabilised LoRA scaling
     # Full-path regexes, because a bare name list would also hit the other parts' attention. `{llm}` / `{vision}`
     # stand for the architecture's module paths (model.language_model, Idefics3's model.text_model, ...); the LLM

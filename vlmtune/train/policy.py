@@ -12,8 +12,10 @@ fully.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -47,8 +49,10 @@ def _trains(part: str, modes: dict[str, str]) -> bool:
     return modes["llm"] == "full" if part == "lm_head" else modes.get(part, "frozen") != "frozen"
 
 
-def parameter_table(model, policy: PolicyConfig | None = None, optim: OptimConfig | None = None) -> str:
-    """Parameters per part, trainable and frozen (and each part's mode and learning rate), as a printable table."""
+def parameter_table(model, policy: PolicyConfig | None = None, optim: OptimConfig | None = None,
+                    peft: PeftConfig | None = None) -> str:
+    """Parameters per part, trainable and frozen (and each part's mode, learning rate and LoRA settings), as a
+    printable table."""
     parts = parts_of(model)
     total, trainable = Counter(), Counter()
     for name, param in model.named_parameters():
@@ -66,10 +70,11 @@ def parameter_table(model, policy: PolicyConfig | None = None, optim: OptimConfi
             return f" {'(llm)' if part == 'lm_head' else '':>8} {'':>9}"
         rule = getattr(policy, part)
         lr = rule.lr if rule.lr is not None else optim.lr if optim else None
-        return f" {rule.mode:>8} {'' if rule.mode == 'frozen' or lr is None else f'{lr:.1e}':>9}"
+        lora = f" {lora_settings(rule, peft)}" if peft is not None and rule.mode in ("lora", "qlora") else ""
+        return f" {rule.mode:>8} {'' if rule.mode == 'frozen' or lr is None else f'{lr:.1e}':>9}{lora}"
 
     header = f"{'part':<10} {'parameters':>12} {'trainable':>12}"
-    rows = [header + (f" {'mode':>8} {'lr':>9}" if policy is not None else "")]
+    rows = [header + (f" {'mode':>8} {'lr':>9}" if policy is not None else "") + (" lora" if peft is not None else "")]
     for part in [*PART_NAMES, "lm_head", "other"]:
         if total[part]:
             rows.append(f"{part:<10} {total[part]:>12,} {trainable[part]:>12,}{policy_cells(part)}")
@@ -91,6 +96,43 @@ def lora_target(target: str, parts: dict[str, str]) -> str:
                                                                           re.escape(parts["vision"]))
 
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """One part's LoRA: its own values where policy.<part> sets them, peft's otherwise."""
+
+    r: int
+    alpha: float
+    dropout: float
+    rslora: bool
+    dora: bool
+
+    def __str__(self) -> str:  # one whitespace-free cell of the parameter table
+        flags = "".join(f",{name}" for name, on in (("rslora", self.rslora), ("dora", self.dora)) if on)
+        return f"r={self.r},alpha={self.alpha:g},dropout={self.dropout:g}{flags}"
+
+
+def lora_settings(rule: PartPolicy, peft: PeftConfig) -> LoraSettings:
+    """The LoRA settings a part in lora / qlora mode trains with."""
+    return LoraSettings(r=_own_or(rule.lora_r, peft.r), alpha=_own_or(rule.lora_alpha, peft.alpha),
+                        dropout=_own_or(rule.lora_dropout, peft.dropout),
+                        rslora=_own_or(rule.use_rslora, peft.use_rslora), dora=peft.use_dora)
+
+
+def _own_or(own, shared):
+    return shared if own is None else own
+
+
+def _set_dropout(model, dropout: dict[str, float], parts: dict[str, str]) -> None:
+    """Per-part LoRA dropout: peft builds every layer with the adapter's one rate, so the parts that differ get their
+    own dropout module (it has no weights: the saved adapter is unchanged, and resuming re-applies the policy)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and (p := dropout.get(part_of(name, parts))) is not None:
+            for adapter in module.lora_dropout:
+                module.lora_dropout[adapter] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
+
+
 def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str]):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -105,15 +147,25 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
     # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
     full = [parts[part] for part, mode in modes.items() if mode == "full"] + (["lm_head"] if modes["llm"] == "full"
                                                                                else [])
-    # Per-part rank / alpha (policy.<part>.lora_r / lora_alpha) through peft's patterns, keyed by the part's target.
-    rank_pattern = {lora_target(targets[part], parts): policy_rule.lora_r for part in sorted(lora_parts)
-                    if (policy_rule := rules[part]).lora_r is not None}
-    alpha_pattern = {lora_target(targets[part], parts): policy_rule.lora_alpha for part in sorted(lora_parts)
-                     if (policy_rule := rules[part]).lora_alpha is not None}
+    settings = {part: lora_settings(rules[part], peft) for part in sorted(lora_parts)}
+    # Per-part rank and alpha through peft's patterns, keyed by the part's target, so that the saved adapter config
+    # rebuilds them anywhere. rsLoRA differs from LoRA only in the scale (alpha / sqrt(r) instead of alpha / r), so a
+    # part that departs from peft.use_rslora gets the alpha that gives its scale under the adapter-wide rule.
+    rank_pattern, alpha_pattern = {}, {}
+    for part, lora in settings.items():
+        key = lora_target(targets[part], parts)
+        if lora.r != peft.r:
+            rank_pattern[key] = lora.r
+        alpha = lora.alpha
+        if lora.rslora != peft.use_rslora:
+            alpha = alpha * math.sqrt(lora.r) if lora.rslora else alpha / math.sqrt(lora.r)
+        if alpha != peft.alpha:
+            alpha_pattern[key] = alpha
     config = LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, use_dora=peft.use_dora,
                         use_rslora=peft.use_rslora, target_modules=pattern, modules_to_save=full or None,
                         rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
+    _set_dropout(model, {part: lora.dropout for part, lora in settings.items() if lora.dropout != peft.dropout}, parts)
     landed = defaultdict(list)
     for name, _ in model.named_parameters():
         if "lora_" in name:
