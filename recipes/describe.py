@@ -19,23 +19,26 @@ def main(cfg: DictConfig) -> None:
     from transformers.utils import logging as hf_logging
 
     from vlmtune.model.checkpoint import load_vlm
-    from vlmtune.model.compose import compose
-    from vlmtune.model.hf_vlm import load_hf_vlm
+    from vlmtune.model.compose import compose, template_key
+    from vlmtune.model.hf_vlm import load_hf_vlm, resolve_template
     from vlmtune.model.parts import model_type_at
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
 
     hf_logging.disable_progress_bar()
     cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
     qlora = cfg.policy.llm.mode == "qlora"
+    template = "the checkpoint's"
     if cfg.init_from:
         quantization = bnb_4bit_config(cfg.peft, model_type_at(cfg.init_from)) if qlora else None
         model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
         source = [f"checkpoint  {cfg.init_from}"]
     elif cfg.model.path:
         model, _ = load_hf_vlm(cfg.model)
+        template = resolve_template(cfg.model.template, model.config)
         source = [f"vlm         {cfg.model.path}"]
     else:
         model, _ = compose(cfg.model)
+        template = template_key(cfg.model)
         source = [f"vision      {cfg.model.vision.path} (feature layer {cfg.model.vision.feature_layer}, "
                   f"{cfg.model.vision.select_strategy} tokens)",
                   f"llm         {cfg.model.llm.path}",
@@ -49,7 +52,7 @@ def main(cfg: DictConfig) -> None:
     print("\n".join([
         *source,
         f"model type  {config.model_type}; {getattr(config, 'image_seq_length', 'n/a')} image tokens per image; "
-        f"template {cfg.model.template}",
+        f"template {template}",
         "",
         parameter_table(model, cfg.policy, cfg.optim, cfg.peft),
     ]))

@@ -137,3 +137,56 @@ def test_pad_token_fix_per_llm_family(tiny):
     tokenizer = smollm_like()
     _prepare_tokenizer(tokenizer, None, chatml)
     assert tokenizer.pad_token == "<pad>"
+
+
+def _hydra_cfg(recipe: str, *overrides: str):
+    from conftest import REPO
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vlmtune.hydra_setup import setup
+
+    setup()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(hydra_compose(recipe, overrides=["run_dir=x", *overrides]))
+
+
+def test_template_group_mirrors_the_registry_and_every_llm_names_a_known_format():
+    from conftest import REPO
+
+    from vlmtune.templates import TEMPLATES
+
+    assert {p.stem for p in (REPO / "conf" / "template").glob("*.yaml")} == set(TEMPLATES) | {"auto"}
+    for llm in (REPO / "conf" / "model" / "llm").glob("*.yaml"):
+        assert llm.read_text().count("\ntemplate: ") == 1, llm
+        assert llm.read_text().split("\ntemplate: ")[1].strip() in TEMPLATES, llm
+
+
+@pytest.mark.parametrize(
+    ("overrides", "template"),
+    [
+        ((), "chatml"),  # the tiny LLM speaks chatml
+        (("model/llm=llama3_2_1b",), "llama3"),  # auto: the LLM's own format
+        (("model/llm=vicuna_7b",), "vicuna_v1"),
+        (("model/llm=llama3_2_1b", "template=vicuna_v1"), "vicuna_v1"),  # the group overrides the LLM's format
+        (("model/llm=gemma3_1b", "template=native"), "native"),
+    ],
+)
+def test_template_choice(overrides, template):
+    from vlmtune.model.compose import template_key
+
+    assert template_key(_hydra_cfg("sft", *overrides).model) == template
+
+
+def test_template_group_overrides_an_hf_vlm_entry():
+    assert _hydra_cfg("sft", "model=llava_1_5_7b").model.template == "llava"
+    assert _hydra_cfg("sft", "model=llava_1_5_7b", "template=llava_mistral").model.template == "llava_mistral"
+
+
+def test_the_chosen_template_is_the_one_the_model_trains_with(cache):
+    from conftest import vlmtune
+
+    assert "template llama3" in vlmtune("describe", "template=llama3")
+    shown = vlmtune("data", "inspect", "template=llama3", "samples=1")
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\n[[" in shown and "<|im_start|>" not in shown

@@ -29,6 +29,8 @@ class LLMConfig:
     path: str | None = MISSING  # HF hub id or local directory of a causal language model; null with model.path
     tokenizer: str | None = None  # tokenizer location when it differs from `path`
     pad_token: str | None = None  # an existing token to pad with when the tokenizer has none; None adds "<pad>"
+    # The chat format this LLM was instruction-tuned with (a vlmtune.templates key): what model.template=auto uses.
+    template: str = "chatml"
 
 
 @dataclass
@@ -49,7 +51,10 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)  # the vision encoder (composed models)
     llm: LLMConfig = field(default_factory=LLMConfig)  # the language model (composed models)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # maps vision features into the LLM
-    template: str = "chatml"  # key in vlmtune.templates.TEMPLATES: the chat template written into the processor
+    # The chat template written into the processor: a vlmtune.templates key (conf/template/<key>.yaml), `native`
+    # (the tokenizer's own) or `auto`: the LLM's format (model.llm.template) when composing, the architecture's
+    # when starting from an HF VLM.
+    template: str = "auto"
     dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
 
 

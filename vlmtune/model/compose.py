@@ -33,6 +33,11 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     return model_class.from_pretrained(path, dtype=dtype)
 
 
+def template_key(cfg: ModelConfig) -> str:
+    """The TEMPLATES key a composed model uses: model.template, or with `auto` the LLM's own format."""
+    return cfg.llm.template if cfg.template == "auto" else cfg.template
+
+
 def _prepare_tokenizer(tokenizer, pad_token: str | None, template: Template) -> str:
     """Add the image placeholder, the template's markers and a padding token where the tokenizer lacks them; set the
     chat template; return the token that ends an assistant turn.
@@ -47,8 +52,8 @@ def _prepare_tokenizer(tokenizer, pad_token: str | None, template: Template) -> 
     if template.text:
         tokenizer.chat_template = template.text
     elif not tokenizer.chat_template:
-        raise ValueError("model.template=tokenizer, but the tokenizer has no chat template: pick one of the "
-                         "vlmtune templates (chatml, llama3, ...)")
+        raise ValueError("model.template=native, but the tokenizer has no chat template: pick one of the "
+                         f"vlmtune templates ({', '.join(sorted(TEMPLATES))})")
     vocab = tokenizer.get_vocab()
     missing = [token for token in (IMAGE_TOKEN, end_of_turn, *template.special_tokens) if token not in vocab]
     if missing:
@@ -213,7 +218,7 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     image_processor = _image_processor(cfg.vision)
     llm_config = AutoConfig.from_pretrained(cfg.llm.path)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
-    end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(cfg.template))
+    end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(template_key(cfg)))
 
     probe = probe_vision(vision, image_processor, cfg.vision)
     # A declaration on the meta device (its token count, whether it needs the grid): no weights are drawn here, so
