@@ -26,7 +26,9 @@ def test_sft_logs_run_facts_probe_generations_and_the_checkpoint_artifact(pipeli
     assert summary(pipeline["sft"])["summary"]["data/train/fingerprint"] == facts["data/train/fingerprint"]
 
     parameters = tables(out, "model/parameters")
-    assert len(parameters) == 1 and parameters[0]["columns"] == ["part", "parameters", "trainable", "mode", "lr"]
+    assert len(parameters) == 1
+    assert parameters[0]["columns"] == ["part", "parameters", "trainable", "mode", "lr", "lora"]
+    assert {row[0]: row[5] for row in parameters[0]["data"]}["llm"] == "r=16,alpha=32,dropout=0"
 
     generations = tables(out, "eval/generations")  # FAST has max_steps=4: probes at steps 2 and 4
     assert [t["data"][0][0] for t in generations] == [2, 4]
