@@ -77,3 +77,71 @@ def test_sigterm_writes_a_checkpoint_and_stops_then_resume_finishes(pipeline):
 
     output = vlmtune("sft", f"run_dir={run_dir}", init, *steps)
     assert f"resuming from {saved}" in output and (run_dir / "checkpoint" / "adapter_config.json").exists()
+
+
+def test_parts_differing_in_dora_train_save_merge_and_resume_as_two_adapters(pipeline):
+    """Vision with DoRA, LLM without: two peft adapters ("default" and "vision"), both trained, both saved, both
+    merged by load_vlm, and both restored on resume (transformers alone would restore only the first)."""
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.model.checkpoint import load_vlm
+
+    # Tiny CLIP's features come from its first layer (feature_layer -2), so that layer's adapters get gradients.
+    policy = ["model/vision=tiny_clip", "policy.vision.mode=lora", "policy.vision.use_dora=true",
+              "optim.max_steps=4", "save_steps=2", "optim.batch_size=4", "logger=none", "evaluate_at_end=false"]
+    straight, resumed = pipeline["runs"] / "dora-straight", pipeline["runs"] / "dora-resumed"
+    vlmtune("sft", f"run_dir={straight}", *policy)
+    adapter = straight / "checkpoint"
+    vision = load_file(adapter / "vision" / "adapter_model.safetensors")
+    assert vision and all("vision_tower" in n for n in vision) and any("lora_magnitude_vector" in n for n in vision)
+    assert any(vision[n].abs().max() > 0 for n in vision if ".lora_B." in n), "the vision adapter must train"
+    llm = _adapter(straight)
+    assert not any("magnitude" in n or "vision_tower" in n for n in llm)
+    assert any(llm[n].abs().max() > 0 for n in llm if ".lora_B." in n), "the LLM adapter must train"
+
+    merged, processor = load_vlm(adapter)
+    unmerged = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(straight / "base"), adapter)
+    unmerged.load_adapter(adapter / "vision", "vision")
+    unmerged.base_model.set_adapter(["default", "vision"])
+    unmerged.eval()
+    base = AutoModelForImageTextToText.from_pretrained(straight / "base").eval()
+    inputs = processor(text=["<image>\nWhat color is the circle?"], images=[_image()], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, unmerged(**inputs).logits, rtol=1e-4, atol=1e-4)
+        features = merged.model.get_image_features(pixel_values=inputs["pixel_values"])
+        base_features = base.model.get_image_features(pixel_values=inputs["pixel_values"])
+    assert not torch.allclose(_tensor(features), _tensor(base_features)), "the merged vision adapter must count"
+
+    shutil.copytree(straight / "trainer" / "checkpoint-2", resumed / "trainer" / "checkpoint-2")
+    output = vlmtune("sft", f"run_dir={resumed}", *policy)
+    assert "resuming from" in output
+    for name in ("adapter_model.safetensors", "vision/adapter_model.safetensors"):
+        expected, got = load_file(adapter / name), load_file(resumed / "checkpoint" / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
+
+    # DPO from that checkpoint trains both adapters too (TRL's reference-adapter handling keeps them active).
+    dpo = pipeline["runs"] / "dora-dpo"
+    vlmtune("dpo", f"run_dir={dpo}", f"init_from={adapter}", *policy[1:3], "optim.max_steps=2", "optim.batch_size=4",
+            "logger=none")
+    for name in ("adapter_model.safetensors", "vision/adapter_model.safetensors"):
+        weights = load_file(dpo / "checkpoint" / name)
+        assert any(weights[n].abs().max() > 0 for n in weights if ".lora_B." in n), name
+
+
+def _tensor(features) -> torch.Tensor:
+    """get_image_features returns a tensor, a list of tensors or an output object, by transformers version."""
+    features = getattr(features, "pooler_output", features)
+    return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+
+
+def _image():
+    from PIL import Image
+
+    from vlmtune.tiny import IMAGE_SIZE
+
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "red")

@@ -108,6 +108,7 @@ class PartPolicy:
     lora_alpha: int | None = None  # lora mode: this part's LoRA alpha; None = peft.alpha
     lora_dropout: float | None = None  # lora mode: this part's LoRA dropout; None = peft.dropout
     use_rslora: bool | None = None  # lora mode: scale this part by alpha / sqrt(r), not alpha / r; None = peft's
+    use_dora: bool | None = None  # lora mode: DoRA (weight-decomposed LoRA) for this part; None = peft.use_dora
 
 
 @dataclass
@@ -122,14 +123,12 @@ class PolicyConfig:
 @dataclass
 class PeftConfig:
     """LoRA settings for every part whose policy mode is lora / qlora; policy.<part>.lora_r / lora_alpha /
-    lora_dropout / use_rslora override r, alpha, dropout and use_rslora for that part."""
+    lora_dropout / use_rslora / use_dora override them for that part."""
 
     r: int = 16  # LoRA rank
     alpha: int = 32  # LoRA alpha (scale = alpha / r; alpha / sqrt(r) with rslora)
     dropout: float = 0.0  # LoRA dropout
-    # DoRA (weight-decomposed LoRA) for every LoRA part: peft keeps it per adapter, and a second adapter per part
-    # would not survive the Trainer's resume (it restores one active adapter), so it is not a per-part setting.
-    use_dora: bool = False
+    use_dora: bool = False  # DoRA: weight-decomposed LoRA
     use_rslora: bool = False  # rank-stabilised LoRA scaling
     # Full-path regexes, because a bare name list would also hit the other parts' attention. `{llm}` / `{vision}`
     # stand for the architecture's module paths (model.language_model, Idefics3's model.text_model, ...); the LLM

@@ -115,6 +115,11 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).exists()
 
 
+def part_adapters(path: str | Path) -> list[str]:
+    """Names of the further adapters an adapter directory holds (peft saves adapter "x" in its x/ folder)."""
+    return sorted(sub.name for sub in Path(path).iterdir() if (sub / ADAPTER_CONFIG).exists())
+
+
 def _require_dir(path: str | Path, what: str) -> None:
     p = Path(path)
     if not p.is_dir():
@@ -150,7 +155,10 @@ def load_vlm(
         if _looks_local(base):  # a hub id (an adapter on model.path=<hub id>) loads from the hub cache
             _require_dir(base, f"{what} (base of the adapter in {path})")
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        model = PeftModel.from_pretrained(model, path)
+        for name in part_adapters(path):  # a vision adapter of its own (vlmtune.train.policy: parts differing in DoRA)
+            model.load_adapter(Path(path) / name, name)
+        model = model.merge_and_unload(adapter_names=list(model.peft_config))
     else:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, quantization_config=quantization_config)
     model.eval()

@@ -21,9 +21,11 @@ from vlmtune.train.fit import (
     _save_and_stop_on_sigterm,
     latest_complete_checkpoint,
     resume_point,
+    resuming_every_adapter,
     trainer_arguments,
     use_policy_optimizer,
 )
+from vlmtune.train.policy import activate_adapters
 
 log = logging.getLogger("vlmtune")
 
@@ -59,15 +61,17 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
     if resume_from:
         log.info("resuming from %s", resume_from)
     sigterm = _save_and_stop_on_sigterm()
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_dataset,
-                         processing_class=processor, callbacks=[*(callbacks or []), sigterm])
+    trainer = resuming_every_adapter(DPOTrainer)(model=model, ref_model=ref_model, args=args,
+                                                 train_dataset=train_dataset, processing_class=processor,
+                                                 callbacks=[*(callbacks or []), sigterm])
     peft_config = getattr(trainer.model, "peft_config", {})
     if "ref" in peft_config:
         # Given a PeftModel, TRL cannot know that its adapter is fresh and keeps a frozen copy of it (adapter "ref",
         # projector included) as the reference. A fresh LoRA adds exactly nothing, so the adapter-disabled model is
         # the same reference without the copy, which would also be saved beside the trained adapter: drop it.
+        trainer.model.set_adapter("default")  # peft refuses to delete next to several active adapters
         trainer.model.delete_adapter("ref")
-        trainer.model.set_adapter("default")
+        activate_adapters(trainer.model)  # with one adapter per part (parts differing in DoRA), all of them train
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # As in fit(): TRL casts the trainable weights of a quantized model to bf16; without bf16 compute (CPUs) the
         # fully trained projector would then receive float32 features and fail.

@@ -156,6 +156,28 @@ def _save_and_stop_on_sigterm():
     return callback
 
 
+def resuming_every_adapter(trainer_class: type) -> type:
+    """`trainer_class`, resuming every adapter of a model with one adapter per part (vlmtune.train.policy: parts that
+    differ in DoRA). transformers restores the first active adapter only and deactivates the others
+    (Trainer._load_from_checkpoint), which would freeze the vision adapter for the rest of the run."""
+
+    class Trainer(trainer_class):
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            from vlmtune.train.policy import activate_adapters
+
+            model = self.model if model is None else model
+            names = list(getattr(model, "peft_config", {}))
+            if len(names) < 2:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name in names:  # peft saves adapter "x" in the checkpoint's x/ folder, "default" at its top
+                where = Path(resume_from_checkpoint) / ("" if name == "default" else name)
+                model.load_adapter(str(where), name, is_trainable=True)
+            activate_adapters(model)
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer_class.__name__
+    return Trainer
+
+
 def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, *, report_to: str,
         callbacks=None) -> list[dict]:
     """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
@@ -176,8 +198,9 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     sigterm = _save_and_stop_on_sigterm()
     # Last: it runs after the callbacks that request a save and raises before a non-finite step is saved.
     guard = NonFiniteLossGuard()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
-                         callbacks=[*(callbacks or []), sigterm, guard])
+    trainer = resuming_every_adapter(SFTTrainer)(model=model, args=args, train_dataset=train_dataset,
+                                                 processing_class=processor,
+                                                 callbacks=[*(callbacks or []), sigterm, guard])
     # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)

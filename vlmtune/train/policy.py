@@ -115,7 +115,7 @@ def lora_settings(rule: PartPolicy, peft: PeftConfig) -> LoraSettings:
     """The LoRA settings a part in lora / qlora mode trains with."""
     return LoraSettings(r=_own_or(rule.lora_r, peft.r), alpha=_own_or(rule.lora_alpha, peft.alpha),
                         dropout=_own_or(rule.lora_dropout, peft.dropout),
-                        rslora=_own_or(rule.use_rslora, peft.use_rslora), dora=peft.use_dora)
+                        rslora=_own_or(rule.use_rslora, peft.use_rslora), dora=_own_or(rule.use_dora, peft.use_dora))
 
 
 def _own_or(own, shared):
@@ -133,21 +133,13 @@ def _set_dropout(model, dropout: dict[str, float], parts: dict[str, str]) -> Non
                 module.lora_dropout[adapter] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
 
 
-def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str]):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _lora_config(settings: dict[str, LoraSettings], peft: PeftConfig, parts: dict[str, str],
+                 modules_to_save: list[str]):
+    """One peft LoraConfig for the parts in `settings` (they share DoRA)."""
+    from peft import LoraConfig
 
-    modes = {part: rule.mode for part, rule in rules.items()}
-    if modes["llm"] == "qlora":
-        if not getattr(model, "is_loaded_in_4bit", False):
-            raise ValueError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = {"llm": peft.target, "vision": peft.vision_target}
-    lora_parts = {part for part, mode in modes.items() if mode in ("lora", "qlora")}
-    pattern = "|".join(f"(?:{lora_target(targets[part], parts)})" for part in sorted(lora_parts))
-    # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
-    full = [parts[part] for part, mode in modes.items() if mode == "full"] + (["lm_head"] if modes["llm"] == "full"
-                                                                               else [])
-    settings = {part: lora_settings(rules[part], peft) for part in sorted(lora_parts)}
+    pattern = "|".join(f"(?:{lora_target(targets[part], parts)})" for part in settings)
     # Per-part rank and alpha through peft's patterns, keyed by the part's target, so that the saved adapter config
     # rebuilds them anywhere. rsLoRA differs from LoRA only in the scale (alpha / sqrt(r) instead of alpha / r), so a
     # part that departs from peft.use_rslora gets the alpha that gives its scale under the adapter-wide rule.
@@ -161,10 +153,44 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
             alpha = alpha * math.sqrt(lora.r) if lora.rslora else alpha / math.sqrt(lora.r)
         if alpha != peft.alpha:
             alpha_pattern[key] = alpha
-    config = LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, use_dora=peft.use_dora,
-                        use_rslora=peft.use_rslora, target_modules=pattern, modules_to_save=full or None,
-                        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    return LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout,
+                      use_dora=next(iter(settings.values())).dora, use_rslora=peft.use_rslora,
+                      target_modules=pattern, modules_to_save=modules_to_save or None, rank_pattern=rank_pattern,
+                      alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
+
+
+def activate_adapters(model) -> None:
+    """Make every adapter of a PeftModel active and trainable (peft's own set_adapter activates one by name)."""
+    model.base_model.set_adapter(list(model.peft_config))
+
+
+def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str]):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    modes = {part: rule.mode for part, rule in rules.items()}
+    if modes["llm"] == "qlora":
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora_parts = {part for part, mode in modes.items() if mode in ("lora", "qlora")}
+    # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
+    full = [parts[part] for part, mode in modes.items() if mode == "full"] + (["lm_head"] if modes["llm"] == "full"
+                                                                               else [])
+    settings = {part: lora_settings(rules[part], peft) for part in sorted(lora_parts)}
+    # peft decides DoRA per adapter: when the vision tower and the LLM differ in it, the vision tower gets an adapter of
+    # its own ("vision", saved in the adapter directory's vision/ folder); otherwise one adapter covers every part.
+    adapters = {"default": sorted(lora_parts)}
+    if len({lora.dora for lora in settings.values()}) > 1:
+        adapters = {"default": ["llm"], "vision": ["vision"]}
+    for name, group in adapters.items():
+        config = _lora_config({part: settings[part] for part in group}, peft, parts,
+                              modules_to_save=full if name == "default" else [])
+        if name == "default":
+            model = get_peft_model(model, config)
+        else:
+            model.add_adapter(name, config)
+    if len(adapters) > 1:
+        activate_adapters(model)
     _set_dropout(model, {part: lora.dropout for part, lora in settings.items() if lora.dropout != peft.dropout}, parts)
     landed = defaultdict(list)
     for name, _ in model.named_parameters():
