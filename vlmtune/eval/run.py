@@ -25,12 +25,11 @@ def eval_records(eval_cfg: EvalConfig, data: DataConfig, run_dir: Path) -> list[
     """The task's records: data.test (dataset_path null) or the benchmark's docs, at most `limit` of them."""
     task = eval_cfg.task
     check_metric_list(task)  # a misspelt scorer fails before any data or model is loaded
-    if task.dataset_path is None:
-        records = held_out_records(data, run_dir)
-    else:
+    if task.dataset_path is not None:
         from vlmtune.eval.tasks import task_records
 
-        records = task_records(task)
+        return task_records(task)  # applies the limit before any image is read
+    records = held_out_records(data, run_dir)
     return records[: task.limit] if task.limit is not None else records
 
 

@@ -140,7 +140,7 @@ def pope(name: str, values: Sequence[float], rows: Sequence[Row], mode: str = "o
     """POPE accuracy / precision / recall / F1 / yes-ratio overall and per split (`category`), and the means over
     splits that papers report (LLaVA-1.5: mean F1)."""
     preds, labels = [r["prediction"] for r in rows], [r["target"] for r in rows]
-    out: dict[str, float] = {k: float(v) for k, v in m.pope_metrics(preds, labels, mode).items()
+    out: dict[str, float] = {k: v for k, v in m.pope_metrics(preds, labels, mode).items()
                              if k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n_unparsed")}
     splits = sorted({r["kind"] for r in rows if r.get("kind")})
     for split in splits:
@@ -164,7 +164,7 @@ def mmbench_circular(name: str, values: Sequence[float], rows: Sequence[Row], ve
     for kind in sorted({k for k in kinds.values() if k}):
         chosen = {key: copies for key, copies in groups.items() if kinds.get(key) == kind}
         out[f"{name}/{kind}"] = m.mmbench_circular(chosen, version=version)
-    out["n_unparsed"] = float(sum(mc_letter(r["prediction"], r, version) is None for r in rows))
+    out["n_unparsed"] = sum(mc_letter(r["prediction"], r, version) is None for r in rows)
     return out
 
 
@@ -180,7 +180,7 @@ def mmmu(name: str, values: Sequence[float], rows: Sequence[Row], **_: Any) -> d
         match = _MMMU_SUBJECT.match(row["id"])
         subjects[match.group(1) if match else "unknown"].append(value)
     out = {name: _mean(values)} | {f"{name}/{s}": _mean(v) for s, v in sorted(subjects.items())}
-    out["n_unparsed"] = float(sum(bool(r["choices"]) and mmmu_letter(r["prediction"], r) is None for r in rows))
+    out["n_unparsed"] = sum(bool(r["choices"]) and mmmu_letter(r["prediction"], r) is None for r in rows)
     return out
 
 

@@ -56,6 +56,7 @@ def task_context(task, data) -> dict[str, Any]:
     if task.dataset_path is None:
         source = {"path": str(data.test), "split": data.test_split, "limit": task.limit}
     else:
-        source = {"path": task.dataset_path, "name": task.dataset_name, "split": task.test_split,
-                  "limit": task.limit}
+        single_file = Path(task.dataset_path).is_file()  # a file has one split and no config name
+        source = {"path": task.dataset_path, "name": None if single_file else task.dataset_name,
+                  "split": None if single_file else task.test_split, "limit": task.limit}
     return {"task": task.task, "data": source, "task_config": asdict(task)}
