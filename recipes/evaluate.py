@@ -1,8 +1,8 @@
-"""Score a checkpoint on the test split: batched greedy generation, split across accelerate processes.
+"""Score a checkpoint on a task: batched greedy generation, split across accelerate processes.
 
-Run as `vlmtune evaluate checkpoint=<dir> [overrides]` or
+Run as `vlmtune evaluate checkpoint=<dir> [eval/task=<name>] [overrides]` or
 `accelerate launch --multi_gpu --num_processes 2 recipes/evaluate.py checkpoint=<dir>`.
-Writes <run_dir>/predictions.jsonl and <run_dir>/metrics.json.
+Writes <run_dir>/predictions.jsonl, <run_dir>/metrics.json and <run_dir>/results.json.
 """
 
 import hydra
@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> float:
     run = start_run(cfg, "evaluate")
     metrics = evaluate_checkpoint(run, run.cfg.checkpoint)
     run.finish()
-    return metrics["accuracy"]
+    return next(iter(metrics.values()))  # the task's first metric: what a sweeper optimises
 
 
 if __name__ == "__main__":

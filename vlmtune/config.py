@@ -152,11 +152,80 @@ class LoggerConfig:
 
 
 @dataclass
+class TaskMetricConfig:
+    """One entry of a task's metric_list (lmms-eval's `{metric, aggregation, higher_is_better, **kwargs}`)."""
+
+    metric: str = MISSING  # per-sample scorer: a key of vlmtune.eval.scoring.SCORERS (vqa_accuracy, anls, ...)
+    aggregation: str = "mean"  # per-sample values -> the task's numbers: a key of vlmtune.eval.scoring.AGGREGATIONS
+    name: str | None = None  # the reported metric name; None = `metric`
+    higher_is_better: bool = True  # direction, for tables and sweeps
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to scorer and aggregation, e.g. {mode: canonical}
+
+
+@dataclass
+class TaskGenerationConfig:
+    """Greedy decoding only (sampling by accident is a known benchmark pitfall); these bound and cut the answer."""
+
+    max_new_tokens: int | None = None  # generation budget per answer; None = eval.max_new_tokens
+    until: list[str] = field(default_factory=list)  # cut a prediction at the first of these (with eval.stop_strings)
+
+
+@dataclass
+class TaskImageTableConfig:
+    """Images kept in a separate table and joined to the questions by a key (GQA's testdev_balanced_images)."""
+
+    dataset_path: str = MISSING  # .parquet / .json / .jsonl file, datasets folder or hub id holding the images
+    dataset_name: str | None = None  # hub config name, e.g. testdev_balanced_images
+    split: str = "test"  # split of a datasets folder or hub id (ignored for single files)
+    key: str = "id"  # the image table's key column
+    doc_key: str = "imageId"  # the question column that holds that key
+    column: str = "image"  # the image table's image column
+
+
+@dataclass
+class EvalTaskConfig:
+    """A benchmark as data + prompt + scoring (`eval/task=<name>`, conf/eval/task/<name>.yaml); names follow
+    lmms-eval's TaskConfig. With dataset_path null the task is the recipe's data.test conversations."""
+
+    task: str = "synthetic"  # the task's name, in results.json and W&B keys
+    # .json / .jsonl / .parquet file, a datasets folder or a hub id; null = data.test read like training data (its
+    # format, image_root, blank_images, max_test_samples), each conversation's last assistant turn the target.
+    dataset_path: str | None = None
+    dataset_name: str | None = None  # hub config name (load_dataset's `name`), e.g. DocVQA, ScienceQA-IMG, en
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # more load_dataset arguments (revision, ...)
+    test_split: str = "test"  # split of a datasets folder or hub id (ignored for single files)
+    image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
+    images_table: TaskImageTableConfig | None = None  # images joined in from another table (GQA)
+    doc_id: str | None = None  # column with a unique id per doc (MMBench's `index` groups circular copies); None = row
+    doc_to_visual: list[str] = field(default_factory=lambda: ["image"])  # image column(s): PIL/bytes/path/base64
+    # MMMU: `<image i>` tags in question and options name column image_i; each tag becomes that image, in place.
+    image_tags: bool = False
+    doc_to_text: str | None = "question"  # the question column; null = no question (captioning: pre/post_prompt)
+    hint: str | None = None  # optional context column (ScienceQA / MMBench `hint`); empty or NaN hints are left out
+    hint_template: str = "{hint}\n"  # how a present hint renders before the question
+    # Options: one column holding a list (ScienceQA `choices`, MMMU `options` as a string repr) or one column per
+    # letter (MMBench A..E, empty cells dropped); rendered "A. ...\nB. ..." through options_template.
+    doc_to_choice: list[str] = field(default_factory=list)
+    options_template: str = "\n{options}"  # how the options block renders after the question
+    doc_to_target: str = "answer"  # target column: a string, a list of answers (dicts: their `answer`), or an index
+    breakdown: str | None = None  # column to report every mean per value of (ChartQA `type`, MMBench `category`)
+    pre_prompt: str = ""  # text before the question
+    post_prompt: str = ""  # text after the question (and options): the answer-format instruction
+    open_post_prompt: str | None = None  # post_prompt for docs without options in a task that has them (MMMU open)
+    generation_kwargs: TaskGenerationConfig = field(default_factory=TaskGenerationConfig)  # decoding limits
+    # Per-sample scorers and their aggregations; the first one gives each prediction's `score`.
+    metric_list: list[TaskMetricConfig] = field(
+        default_factory=lambda: [TaskMetricConfig(metric="exact_match", name="accuracy")])
+    limit: int | None = None  # evaluate only the first N docs (before splitting across processes)
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 16  # prompts per generation batch on each process
-    max_new_tokens: int = 8  # generation budget per answer
+    max_new_tokens: int = 8  # generation budget per answer (a task's generation_kwargs.max_new_tokens wins)
     stop_strings: list[str] = field(default_factory=list)  # cut a prediction at the first of these strings
     likelihood: bool = False  # also report loss / perplexity of the assistant tokens (teacher forcing)
+    task: EvalTaskConfig = field(default_factory=EvalTaskConfig)  # what to evaluate on (eval/task=<name>)
 
 
 @dataclass

@@ -55,12 +55,15 @@ def start(cfg: LoggerConfig, run_dir: Path, job_type: str, config: dict[str, Any
 def samples_table(rows: list[dict[str, Any]], limit: int):
     """A W&B table of evaluation samples with their images."""
     import wandb
-    from PIL import Image
+
+    from vlmtune.data.images import load_image
 
     table = wandb.Table(columns=["id", "image", "prompt", "prediction", "target", "correct"])
     for row in rows[:limit]:
-        images = [wandb.Image(Image.open(p).convert("RGB")) for p in row.get("images", [])]
-        table.add_data(row["id"], images[0] if images else None, row["prompt"], row["prediction"], row["target"],
+        # Benchmark images may be paths, bytes or PIL images; targets may be lists of reference answers.
+        images = [wandb.Image(load_image(image, f"sample {row['id']!r}")) for image in row.get("images", [])]
+        target = row["target"] if isinstance(row["target"], str) else " | ".join(map(str, row["target"]))
+        table.add_data(row["id"], images[0] if images else None, row["prompt"], row["prediction"], target,
                        row["score"])
     return table
 

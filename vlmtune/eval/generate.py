@@ -72,19 +72,3 @@ def generate_distributed(model, processor, records: Sequence[dict[str, Any]], st
     by_id = {row["id"]: row for row in gathered}  # drop any duplicate a launcher might add
     return [by_id[r["id"]] for r in records]
 
-
-def normalize(answer: str) -> str:
-    """Light normalisation for single-word answers: case, surrounding space and a trailing full stop."""
-    return answer.strip().lower().rstrip(".").strip()
-
-
-def score_exact_match(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Add a per-row `score` (1.0 or 0.0) and return accuracy overall and per question kind."""
-    for row in rows:
-        row["score"] = float(normalize(row["prediction"]) == normalize(row["target"]))
-    metrics: dict[str, float] = {"accuracy": sum(r["score"] for r in rows) / max(len(rows), 1), "n": len(rows)}
-    kinds = sorted({r["kind"] for r in rows if r.get("kind")})
-    for kind in kinds:
-        scores = [r["score"] for r in rows if r.get("kind") == kind]
-        metrics[f"accuracy/{kind}"] = sum(scores) / len(scores)
-    return metrics

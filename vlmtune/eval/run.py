@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint directory on the configured test split and write predictions, metrics and W&B logs."""
+"""Evaluate a checkpoint directory on the configured task (eval.task; default: the data.test split) and write
+predictions, metrics and W&B logs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from vlmtune.config import DataConfig, EvalConfig
 from vlmtune.data.records import blank_images, read_split
-from vlmtune.eval.generate import generate_distributed, score_exact_match
+from vlmtune.eval.generate import generate_distributed
+from vlmtune.eval.scoring import check_metric_list, score_rows
 
 
 def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
@@ -19,18 +21,47 @@ def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
     return blank_images(records, blank_dir) if data.blank_images else records
 
 
+def eval_records(eval_cfg: EvalConfig, data: DataConfig, run_dir: Path) -> list[dict[str, Any]]:
+    """The task's records: data.test (dataset_path null) or the benchmark's docs, at most `limit` of them."""
+    task = eval_cfg.task
+    check_metric_list(task)  # a misspelt scorer fails before any data or model is loaded
+    if task.dataset_path is not None:
+        from vlmtune.eval.tasks import task_records
+
+        return task_records(task)  # applies the limit before any image is read
+    records = held_out_records(data, run_dir)
+    return records[: task.limit] if task.limit is not None else records
+
+
+def generation_settings(eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The decoding every answer gets: greedy, left padding; the task's budget and stop strings win."""
+    task = eval_cfg.task.generation_kwargs
+    return {"do_sample": False, "padding_side": "left", "batch_size": eval_cfg.batch_size,
+            "max_new_tokens": task.max_new_tokens or eval_cfg.max_new_tokens,
+            "stop_strings": [*eval_cfg.stop_strings, *task.until]}
+
+
+def _with_doc(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark row keeps its structured target (answer lists, option letters) and options for scoring."""
+    if "choices" not in record:
+        return row
+    return {**row, "target": record["target"], "choices": record["choices"], "image_refs": record["image_refs"]}
+
+
 def evaluate_model(model, processor, records, eval_cfg: EvalConfig, state=None):
     """(rows with per-sample scores, metrics) for `records`; identical on every process."""
+    settings = generation_settings(eval_cfg)
     rows = generate_distributed(
         model,
         processor,
         records,
         state=state,
         batch_size=eval_cfg.batch_size,
-        max_new_tokens=eval_cfg.max_new_tokens,
-        stop_strings=eval_cfg.stop_strings,
+        max_new_tokens=settings["max_new_tokens"],
+        stop_strings=settings["stop_strings"],
     )
-    return rows, score_exact_match(rows)
+    rows = [_with_doc(row, record) for row, record in zip(rows, records, strict=True)]
+    return rows, score_rows(eval_cfg.task, rows)
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -46,7 +77,10 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], metrics: dict[str, 
     from vlmtune.model.checkpoint import library_versions
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _replace_text(out_dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    # Benchmark images may be bytes or PIL images: the file names where each came from instead.
+    saved = [{k: v for k, v in row.items() if k != "image_refs"} | {"images": row["image_refs"]}
+             if "image_refs" in row else row for row in rows]
+    _replace_text(out_dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in saved))
     _replace_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     results = {"metrics": metrics, **context, "versions": library_versions()}
     _replace_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
@@ -65,20 +99,21 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     cfg = run.cfg
     model, processor = load_vlm(checkpoint, what="checkpoint")
     model.to(run.state.device)
-    records = held_out_records(cfg.data, run.dir)
+    records = eval_records(cfg.eval, cfg.data, run.dir)
     rows, metrics = evaluate_model(model, processor, records, cfg.eval, run.state)
     if cfg.eval.likelihood:
         from vlmtune.eval.likelihood import likelihood
 
         metrics |= {f"likelihood/{k}": v for k, v in likelihood(model, processor, records, run.state).items()}
     if is_main_process():
-        generation = {"do_sample": False, "padding_side": "left", "batch_size": cfg.eval.batch_size,
-                      "max_new_tokens": cfg.eval.max_new_tokens, "stop_strings": list(cfg.eval.stop_strings)}
-        context = {"checkpoint": str(checkpoint), "data": str(cfg.data.test), "blank_images": cfg.data.blank_images,
-                   "num_processes": run.state.num_processes, "generation": generation,
-                   "scoring": "exact match after lower-casing and stripping a trailing full stop"}
+        from vlmtune.eval.tasks import task_context
+
+        context = {"checkpoint": str(checkpoint), **task_context(cfg.eval.task, cfg.data),
+                   "blank_images": cfg.data.blank_images, "num_processes": run.state.num_processes,
+                   "generation": generation_settings(cfg.eval)}
         write_results(run.dir, rows, metrics, context)
-        log.info("evaluation of %s on %d samples:\n%s", checkpoint, len(rows), format_metrics(metrics))
+        log.info("evaluation of %s on task %s, %d samples:\n%s", checkpoint, cfg.eval.task.task, len(rows),
+                 format_metrics(metrics))
         run.log({f"eval/{k}": v for k, v in metrics.items()})
         if run.tracker is not None:
             run.log({"eval/samples": tracking.samples_table(rows, cfg.logger.log_samples)})
