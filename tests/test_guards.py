@@ -103,3 +103,23 @@ def test_an_absurd_learning_rate_fails_with_the_step_and_checkpoint(cache, tmp_p
     last_good = latest_complete_checkpoint(out / "trainer")
     assert last_good is not None and last_good.name == f"checkpoint-{step - 1}" and str(last_good) in output
     assert not (out / "trainer" / f"checkpoint-{step}").exists() and not (out / "checkpoint").exists()
+
+
+def test_a_trained_part_that_gets_no_gradient_stops_the_run_with_its_name(cache, tmp_path):
+    """Tiny SigLIP feeds the projector from its patch embeddings (feature_layer -3), before every encoder layer: LoRA
+    on those layers can never learn, and the run says so instead of training nothing for hours."""
+    from vlmtune.train.guards import UntrainedPart
+
+    cfg = _cfg(tmp_path, "policy.vision.mode=lora", "optim.max_steps=3")
+    with pytest.raises(UntrainedPart, match=r"trains the vision \(model.vision_tower\).* in 3 optimizer step.*"
+                                            r"feature_layer"):
+        _train(cfg)
+
+
+def test_trainable_layers_after_the_feature_layer_are_reported(cache, tmp_path, caplog):
+    """Tiny CLIP uses its first layer's output (feature_layer -2): the second layer's adapters train nothing."""
+    cfg = _cfg(tmp_path, "model/vision=tiny_clip", "policy.vision.mode=lora", "optim.max_steps=3")
+    with caplog.at_level("WARNING", logger="vlmtune"):
+        _train(cfg)
+    warnings = [r.getMessage() for r in caplog.records if "received no gradient" in r.getMessage()]
+    assert len(warnings) == 1 and "of the vision" in warnings[0] and "encoder.layers.1." in warnings[0]

@@ -25,6 +25,7 @@ from vlmtune.train.fit import (
     trainer_arguments,
     use_policy_optimizer,
 )
+from vlmtune.train.guards import UntrainedPartGuard
 from vlmtune.train.policy import activate_adapters
 
 log = logging.getLogger("vlmtune")
@@ -63,7 +64,7 @@ def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: s
     sigterm = _save_and_stop_on_sigterm()
     trainer = resuming_every_adapter(DPOTrainer)(model=model, ref_model=ref_model, args=args,
                                                  train_dataset=train_dataset, processing_class=processor,
-                                                 callbacks=[*(callbacks or []), sigterm])
+                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), sigterm])
     peft_config = getattr(trainer.model, "peft_config", {})
     if "ref" in peft_config:
         # Given a PeftModel, TRL cannot know that its adapter is fresh and keeps a frozen copy of it (adapter "ref",

@@ -188,7 +188,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     from trl import SFTTrainer
 
     from vlmtune.data.packing import PackedCollator, check_packable
-    from vlmtune.train.guards import NonFiniteLossGuard
+    from vlmtune.train.guards import NonFiniteLossGuard, UntrainedPartGuard
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
@@ -200,7 +200,8 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     guard = NonFiniteLossGuard()
     trainer = resuming_every_adapter(SFTTrainer)(model=model, args=args, train_dataset=train_dataset,
                                                  processing_class=processor,
-                                                 callbacks=[*(callbacks or []), sigterm, guard])
+                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), sigterm,
+                                                            guard])
     # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)

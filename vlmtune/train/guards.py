@@ -102,3 +102,72 @@ def _any_rank(flag: bool, args) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=args.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+class UntrainedPart(RuntimeError):
+    """A part the policy trains received no gradient at all: its weights would never change."""
+
+
+class UntrainedPartGuard(TrainerCallback):
+    """Checks, over the first `steps` optimizer steps, that every part the policy trains receives a gradient.
+
+    A part can be trainable and still never learn: LoRA on vision layers that do not feed the projector (everything
+    after model.vision.feature_layer; a feature layer at the embeddings leaves the whole encoder out), or a part cut
+    off from the loss. Such a part raises `UntrainedPart`, naming it; trainable modules of a learning part that never
+    get a gradient (e.g. the last vision layer with feature_layer -2, as in LLaVA) are reported as a warning, since
+    they only cost memory. Several steps are watched because a batch without images legitimately leaves the vision
+    side without gradient. Gradients are already averaged across processes here, so every rank reaches the same
+    verdict. Under DeepSpeed and FSDP the gradients live sharded outside `param.grad`, so the check is off there.
+    """
+
+    def __init__(self, steps: int = 8) -> None:
+        from accelerate import PartialState
+        from accelerate.utils import DistributedType
+
+        sharded = PartialState().distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        self.steps = 0 if sharded else steps
+        self.seen = 0
+        self.reached: set[str] = set()  # trainable parameter names that received a non-zero gradient
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.seen >= self.steps or model is None:
+            return
+        for name, param in model.named_parameters():
+            if param.requires_grad and name not in self.reached and param.grad is not None \
+                    and bool(param.grad.detach().ne(0).any()):
+                self.reached.add(name)
+        self.seen += 1
+        if self.seen == self.steps:
+            self._verdict(model, state.global_step + 1)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if 0 < self.seen < self.steps and model is not None:
+            self._verdict(model, self.seen)
+            self.seen = self.steps
+
+    def _verdict(self, model, steps: int) -> None:
+        from vlmtune.model.parts import parts_of
+        from vlmtune.train.policy import part_of
+
+        parts = parts_of(model)
+        untouched: dict[str, list[str]] = {}
+        reached_parts = set()
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                part = part_of(name, parts)
+                if name in self.reached:
+                    reached_parts.add(part)
+                else:
+                    untouched.setdefault(part, []).append(name)
+        dead = sorted(set(untouched) - reached_parts)
+        if dead:
+            part = dead[0]
+            raise UntrainedPart(
+                f"policy trains the {part} ({parts.get(part, part)}), but none of its {len(untouched[part])} "
+                f"trainable tensors received a gradient in {steps} optimizer step(s), e.g. {untouched[part][0]}: "
+                "it would never change. For the vision tower, check that the layers carrying adapters feed the "
+                "projector (model.vision.feature_layer selects the output of a layer; everything after it is "
+                f"unused), or set policy.{part}.mode=frozen.")
+        for part, names in sorted(untouched.items()):
+            log.warning("%d trainable tensors of the %s received no gradient in %d step(s) and will not train "
+                        "(e.g. %s): they only cost memory", len(names), part, steps, names[0])
