@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
 from conftest import FAST, run_cli, vlmtune
+from safetensors.torch import load_file
 
 
 def launch(processes: int) -> list[str]:
@@ -41,12 +43,30 @@ def test_two_and_three_rank_evaluation_equal_one_rank(pipeline, shapes):
         assert json.loads((many / "results.json").read_text())["num_processes"] == ranks
 
 
-def test_two_rank_sft_trains_into_one_run_directory(pipeline):
+def _assert_same_adapter(one, many) -> None:
+    """Data parallelism changes nothing but float rounding: 2 ranks x batch B/2 take the steps 1 rank x batch B does."""
+    expected, got = (load_file(d / "checkpoint" / "adapter_model.safetensors") for d in (one, many))
+    assert expected.keys() == got.keys()
+    assert any(expected[k].abs().max() > 0 for k in expected if ".lora_B." in k), "the adapter must have trained"
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+
+
+def test_two_rank_sft_trains_into_one_run_directory_like_one_rank(pipeline):
     runs = pipeline["runs"] / "runs-2rank"
     init = f"init_from={pipeline['pretrain'] / 'checkpoint'}"
     output = run_cli(*launch(2), "recipes/sft.py", f"paths.runs={runs}", init, "logger=none", "evaluate_at_end=false",
-                     *FAST)
+                     *FAST, "optim.batch_size=2")
     # Both ranks resolve the default run directory on their own: it must be the same one.
     run_dirs = list((runs / "sft").iterdir())
     assert len(run_dirs) == 1, output
-    assert (run_dirs[0] / "checkpoint" / "adapter_config.json").exists()
+    _assert_same_adapter(pipeline["sft"], run_dirs[0])  # the pipeline's sft: 1 rank, FAST (batch 4), same init
+
+
+def test_two_rank_dpo_takes_the_steps_of_one_rank(pipeline):
+    init = f"init_from={pipeline['sft'] / 'checkpoint'}"
+    steps = ["optim.max_steps=3", "logger=none", "eval.batch_size=16"]
+    one, two = pipeline["runs"] / "dpo-1rank", pipeline["runs"] / "dpo-2rank"
+    vlmtune("dpo", f"run_dir={one}", init, *steps, "optim.batch_size=4")
+    run_cli(*launch(2), "recipes/dpo.py", f"run_dir={two}", init, *steps, "optim.batch_size=2")
+    _assert_same_adapter(one, two)
