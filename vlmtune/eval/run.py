@@ -60,11 +60,13 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     """Load `checkpoint` (adapters merged), score the test split, write and log the results; return the metrics."""
     from vlmtune import tracking
     from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.quantize import quantization_summary
     from vlmtune.runs import is_main_process, log
 
     cfg = run.cfg
-    model, processor = load_vlm(checkpoint, what="checkpoint")
-    model.to(run.state.device)
+    # Loaded straight onto this process's device (each rank its own GPU; "cpu" for all ranks on a CPU machine): that
+    # is how transformers places a bitsandbytes int8 / nf4 checkpoint (device_map), rather than moving it afterwards.
+    model, processor = load_vlm(checkpoint, device=run.state.device, what="checkpoint")
     records = held_out_records(cfg.data, run.dir)
     rows, metrics = evaluate_model(model, processor, records, cfg.eval, run.state)
     if cfg.eval.likelihood:
@@ -76,6 +78,7 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
                       "max_new_tokens": cfg.eval.max_new_tokens, "stop_strings": list(cfg.eval.stop_strings)}
         context = {"checkpoint": str(checkpoint), "data": str(cfg.data.test), "blank_images": cfg.data.blank_images,
                    "num_processes": run.state.num_processes, "generation": generation,
+                   "quantization": quantization_summary(model.config),
                    "scoring": "exact match after lower-casing and stripping a trailing full stop"}
         write_results(run.dir, rows, metrics, context)
         log.info("evaluation of %s on %d samples:\n%s", checkpoint, len(rows), format_metrics(metrics))
