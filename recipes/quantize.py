@@ -2,7 +2,7 @@
 
 Run as `vlmtune quantize checkpoint=<dir> [overrides]`. A LoRA adapter directory is merged into its base first.
 Writes <run_dir>/quantize.json (and a printed table): checkpoint bytes, in-memory bytes after loading and test
-accuracy per variant; with `save`, each quantized model as <run_dir>/<variant>/.
+accuracy per variant, and predictions_<variant>.jsonl; with `save`, each quantized model as <run_dir>/<variant>/.
 """
 
 import hydra
@@ -37,10 +37,15 @@ def main(cfg: DictConfig) -> None:
         name = variant_name(bits, cfg.quant_type)
         quantization = None if bits is None else bnb_config(bits, cfg.quant_type, model_type=model_type)
         model, processor = load_vlm(source, quantization_config=quantization)
-        _, metrics = evaluate_model(model, processor, records, cfg.eval)
         out = source
         if bits is not None and cfg.save:
+            # Saved before any forward pass: on CPU, bitsandbytes repacks 4-bit weights at the first forward (block
+            # scales kept in bfloat16) and re-quantizes them when saving, so a model saved after evaluation is not
+            # the one that was evaluated. Saved first, reloading it gives exactly the answers below.
             out = save_checkpoint(model, processor, run.dir / name, run.provenance(variant=name))
+        rows, metrics = evaluate_model(model, processor, records, cfg.eval)
+        # Per variant, so a saved int8 / nf4 checkpoint's `vlmtune evaluate` can be checked answer by answer.
+        (run.dir / f"predictions_{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         table.append({"variant": name, "checkpoint_bytes": checkpoint_bytes(out),
                       "memory_bytes": model.get_memory_footprint(), "accuracy": metrics["accuracy"]})
         del model

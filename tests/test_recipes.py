@@ -55,6 +55,7 @@ def test_evaluate_scores_an_adapter_directory(pipeline):
     out = pipeline["runs"] / "evaluate"
     vlmtune("evaluate", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}", "logger=none")
     assert json.loads((out / "metrics.json").read_text()) == json.loads((pipeline["sft"] / "metrics.json").read_text())
+    assert json.loads((out / "results.json").read_text())["quantization"] is None
 
 
 def test_sft_full_finetune_and_qlora_run(pipeline):
@@ -66,10 +67,17 @@ def test_sft_full_finetune_and_qlora_run(pipeline):
         assert has_adapter == (peft == "qlora")
 
 
-def test_quantize_table(pipeline):
+@pytest.fixture(scope="module")
+def quantized(pipeline) -> Path:
+    """The quantize recipe's run directory for the LoRA sft checkpoint (int8/ and nf4/ saved)."""
     out = pipeline["runs"] / "quantize"
     vlmtune("quantize", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}", "logger=none",
             "eval.batch_size=4")
+    return out
+
+
+def test_quantize_table(quantized):
+    out = quantized
     table = {row["variant"]: row for row in json.loads((out / "quantize.json").read_text())}
     assert set(table) == {"fp32", "int8", "nf4"}
     assert table["nf4"]["memory_bytes"] < table["int8"]["memory_bytes"] < table["fp32"]["memory_bytes"]
@@ -77,6 +85,21 @@ def test_quantize_table(pipeline):
         config = json.loads((out / variant / "config.json").read_text())
         assert config["quantization_config"]["llm_int8_skip_modules"] == [
             "model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def test_evaluate_scores_saved_quantized_checkpoints_as_the_quantize_recipe_did(quantized, pipeline):
+    # A saved int8 / nf4 checkpoint holds the quantized weights with their scales, so reloading it must reproduce the
+    # in-memory quantized model exactly: same answers with the same batch size, hence the same accuracy.
+    table = {row["variant"]: row for row in json.loads((quantized / "quantize.json").read_text())}
+    for variant, bits in [("int8", 8), ("nf4", 4)]:
+        out = pipeline["runs"] / f"evaluate-{variant}"
+        vlmtune("evaluate", f"run_dir={out}", f"checkpoint={quantized / variant}", "logger=none", "eval.batch_size=4")
+        results = json.loads((out / "results.json").read_text())
+        assert results["quantization"]["bits"] == bits and results["quantization"]["quant_type"] == variant
+        assert results["metrics"]["accuracy"] == table[variant]["accuracy"]
+        evaluated = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        in_memory = [json.loads(line) for line in (quantized / f"predictions_{variant}.jsonl").read_text().splitlines()]
+        assert [(r["id"], r["prediction"]) for r in evaluated] == [(r["id"], r["prediction"]) for r in in_memory]
 
 
 def test_sweep_runs_each_job_in_its_own_directory_and_wandb_group(pipeline):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,3 +38,25 @@ def checkpoint_bytes(path: Path) -> int:
 
 def variant_name(bits: int | None, quant_type: str) -> str:
     return "fp32" if bits is None else "int8" if bits == 8 else quant_type
+
+
+def quantization_summary(config) -> dict[str, Any] | None:
+    """How a loaded model is quantized, read from its config (as saved in config.json); None for full precision.
+
+    Results files record it so that a score from an int8 / nf4 checkpoint is never mistaken for a full-precision one.
+    """
+    raw = getattr(config, "quantization_config", None)
+    if raw is None:
+        return None
+    raw = raw if isinstance(raw, dict) else raw.to_dict()
+    method = getattr(raw.get("quant_method"), "value", raw.get("quant_method"))
+    if method != "bitsandbytes":
+        return {"method": str(method), "config": raw}
+    four_bit = bool(raw.get("load_in_4bit"))
+    summary = {"method": "bitsandbytes", "bits": 4 if four_bit else 8,
+               "quant_type": raw.get("bnb_4bit_quant_type") if four_bit else "int8",
+               "skip_modules": raw.get("llm_int8_skip_modules")}
+    if four_bit:
+        summary |= {"double_quant": raw.get("bnb_4bit_use_double_quant"),
+                    "compute_dtype": str(raw.get("bnb_4bit_compute_dtype"))}
+    return summary

@@ -19,6 +19,18 @@ from vlmtune.data.lengths import _with_images
 
 
 @torch.no_grad()
+def next_token_log_probs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every position t >= 1 of `inputs["input_ids"]`: log p(token t | tokens before it) and whether token t is
+    the model's greedy (argmax) choice there. Both [batch, length - 1], in float32 whatever the model's dtype."""
+    if "pixel_values" in inputs:
+        inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(model.dtype)}
+    logits = model(**inputs).logits[:, :-1].float()
+    targets = inputs["input_ids"][:, 1:]
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    return log_probs, logits.argmax(-1) == targets
+
+
+@torch.no_grad()
 def sample_nll(model, processor, sample: dict[str, Any]) -> tuple[float, int]:
     """(summed NLL of the assistant tokens, number of them) for one sample."""
     images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
@@ -26,12 +38,7 @@ def sample_nll(model, processor, sample: dict[str, Any]) -> tuple[float, int]:
                                         return_tensors="pt", return_assistant_tokens_mask=True)
     device = next(model.parameters()).device
     mask = torch.as_tensor(out.pop("assistant_masks")).bool().to(device)
-    inputs = {k: v.to(device) for k, v in out.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    logits = model(**inputs).logits.float()
-    targets = inputs["input_ids"][:, 1:]
-    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
+    log_probs, _ = next_token_log_probs(model, {k: v.to(device) for k, v in out.items()})
     keep = mask[:, 1:]
     return float(-(log_probs * keep).sum()), int(keep.sum())
 

@@ -94,11 +94,13 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     """Load `checkpoint` (adapters merged), score the test split, write and log the results; return the metrics."""
     from vlmtune import tracking
     from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.quantize import quantization_summary
     from vlmtune.runs import is_main_process, log
 
     cfg = run.cfg
-    model, processor = load_vlm(checkpoint, what="checkpoint")
-    model.to(run.state.device)
+    # Loaded straight onto this process's device (each rank its own GPU; "cpu" for all ranks on a CPU machine): that
+    # is how transformers places a bitsandbytes int8 / nf4 checkpoint (device_map), rather than moving it afterwards.
+    model, processor = load_vlm(checkpoint, device=run.state.device, what="checkpoint")
     records = eval_records(cfg.eval, cfg.data, run.dir)
     rows, metrics = evaluate_model(model, processor, records, cfg.eval, run.state)
     if cfg.eval.likelihood:
@@ -110,7 +112,7 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
 
         context = {"checkpoint": str(checkpoint), **task_context(cfg.eval.task, cfg.data),
                    "blank_images": cfg.data.blank_images, "num_processes": run.state.num_processes,
-                   "generation": generation_settings(cfg.eval)}
+                   "generation": generation_settings(cfg.eval), "quantization": quantization_summary(model.config)}
         write_results(run.dir, rows, metrics, context)
         log.info("evaluation of %s on task %s, %d samples:\n%s", checkpoint, cfg.eval.task.task, len(rows),
                  format_metrics(metrics))

@@ -133,12 +133,20 @@ def _looks_local(path: str | Path) -> bool:
 
 
 def load_vlm(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, quantization_config=None, what: str = "checkpoint"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    quantization_config=None,
+    device: str | torch.device | None = None,
+    what: str = "checkpoint",
 ):
     """Load (model, processor) from a full checkpoint or a LoRA adapter directory (merged into its base).
 
     Adapters are merged into a full-precision base even when they were trained against a quantized one (the QLoRA
-    convention); `quantization_config` then applies to the merged weights only through a full checkpoint.
+    convention); `quantization_config` then applies to the merged weights only through a full checkpoint. A
+    checkpoint saved quantized (the quantize recipe's int8/, nf4/) loads quantized from its own config.json.
+    `device` places the model: a full checkpoint is loaded straight onto it (bitsandbytes weights are quantized
+    for, and stay on, the device they were loaded to), a merged adapter is moved there.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -159,7 +167,14 @@ def load_vlm(
         for name in part_adapters(path):  # a vision adapter of its own (vlmtune.train.policy: parts differing in DoRA)
             model.load_adapter(Path(path) / name, name)
         model = model.merge_and_unload(adapter_names=list(model.peft_config))
+        if device is not None:
+            model.to(device)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, quantization_config=quantization_config)
+        kwargs = {} if device is None else {"device_map": {"": device}}
+        # Only pass a quantization_config that is set: an explicit None makes transformers drop the one saved in
+        # config.json, and int8 / nf4 weights then load as plain floats without their scales (garbage outputs).
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
     model.eval()
     return model, processor
