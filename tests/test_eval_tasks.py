@@ -375,3 +375,20 @@ def test_synthetic_task_reproduces_the_exact_match_accuracy(checkpoint, shapes, 
         expected[f"accuracy/{kind}"] = sum(chosen) / len(chosen)
     assert metrics == expected and [r["score"] for r in rows] == scores
     assert len(rows) == len(json.loads((shapes / "test.json").read_text()))
+
+
+def test_mmbench_on_three_processes_scores_as_on_one(checkpoint, tmp_path):
+    """4 docs over 3 ranks (2 + 1 + 1), rotated circular copies on different ranks: gathered and aggregated once, the
+    predictions and the circular score equal one process's."""
+    from conftest import run_cli
+    from test_distributed import launch
+
+    source, _ = FIXTURES["mmbench"](tmp_path)
+    overrides = ["eval/task=mmbench", f"eval.task.dataset_path={source}", "eval.batch_size=2", "logger=none",
+                 "eval.task.generation_kwargs.max_new_tokens=3"]
+    metrics, rows, _ = evaluate(tmp_path / "one", checkpoint, *overrides)
+    run_cli(*launch(3), "recipes/evaluate.py", f"run_dir={tmp_path / 'three'}", f"checkpoint={checkpoint}",
+            *overrides)
+    results = json.loads((tmp_path / "three" / "results.json").read_text())
+    assert results["num_processes"] == 3 and results["metrics"] == metrics
+    assert [json.loads(line) for line in (tmp_path / "three" / "predictions.jsonl").read_text().splitlines()] == rows
