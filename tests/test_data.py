@@ -385,12 +385,38 @@ def test_sft_with_packing_and_length_grouping(pipeline, tmp_path):
     assert report["kept"] == report["samples"] > 0
 
 
-def test_packing_refuses_models_with_3d_positions():
+@pytest.mark.parametrize("arch", ["qwen2_vl", "idefics3"])
+def test_packed_loss_equals_unpacked_loss_on_hf_vlms(tiny, folder, arch):
+    """Qwen2-VL's 3-D rope positions are computed per sample and concatenated behind restarting text positions;
+    Idefics3's images join along its image axis. Same samples as above, the same loss."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from vlmtune.config import ModelConfig
+    from vlmtune.data.packing import packed_collator
+    from vlmtune.model.hf_vlm import load_hf_vlm
+
+    model, processor = load_hf_vlm(ModelConfig(path=str(tiny / "vlm" / arch), template="auto"))
+    records = [*_multi_turn(folder), {"id": "text", "conversations": _turns("Say no.", "no")},
+               {"id": "two", "image": ["blue.png", "red.png"], "conversations": _turns("<image><image>Same?", "no")}]
+    examples = list(to_dataset(read_samples(_write_json(folder / "d.json", records))))
+    unpacked = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)(examples)
+    packed = packed_collator(processor, model)(examples)
+    assert packed["input_ids"].shape[1] == int(unpacked["attention_mask"].sum())
+    if arch == "qwen2_vl":  # text positions restart per sample; the rope rows differ from them at the images
+        assert packed["position_ids"].shape == (4, 1, packed["input_ids"].shape[1])
+        assert int((packed["position_ids"][0, 0] == 0).sum()) == len(examples)
+        assert not torch.equal(packed["position_ids"][1], packed["position_ids"][0])
+    model.train()
+    torch.testing.assert_close(model(**packed).loss, model(**unpacked).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_refuses_models_it_cannot_pack():
     from vlmtune.data.packing import check_packable
 
     check_packable("llava")
     with pytest.raises(ValueError, match="data.packing=false"):
-        check_packable("qwen2_vl")
+        check_packable("paligemma")
 
 
 def test_measured_lengths_are_cached_by_fingerprint(folder, processor, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ class DataConfig:
     max_length: int | None = None  # tokens per sample, image tokens included; None = no limit
     truncation: str = "drop_turns"  # over max_length: drop_turns (trailing exchanges) | drop_sample; never mid-image
     cache_dir: str | None = None  # measured lengths are cached here by datasets fingerprints (None: not cached)
-    packing: bool = False  # each batch as one padding-free row (position ids restart per sample; llava/vlmtune types)
+    packing: bool = False  # each batch as one padding-free row (positions restart per sample; see packing.py)
     group_by_length: bool = False  # batch samples of similar true length together (less padding)
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples

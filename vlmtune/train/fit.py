@@ -187,7 +187,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     """
     from trl import SFTTrainer
 
-    from vlmtune.data.packing import PackedCollator, check_packable
+    from vlmtune.data.packing import packed_collator
     from vlmtune.train.guards import NonFiniteLossGuard, UntrainedPartGuard
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
@@ -206,8 +206,7 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)
     if cfg.data.packing:  # the same template and mask, one padding-free row per batch
-        check_packable(model.config.model_type)
-        trainer.data_collator = PackedCollator(processor)
+        trainer.data_collator = packed_collator(processor, model)
     trainer.data_collator = RequireSupervised(trainer.data_collator)
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
