@@ -209,18 +209,25 @@ def _decode_images(batch: dict[str, list]) -> dict[str, list]:
     return batch
 
 
-def to_dataset(records: list[dict]):
-    """A `datasets.Dataset` of messages + images; images (paths, bytes or PIL) are decoded by `load_image` on access."""
-    from datasets import Dataset, Features, Image, List, Value
+def sample_features():
+    """The `datasets.Features` of training samples, in memory or streamed: images stay undecoded (path / bytes)."""
+    from datasets import Features, Image, List, Value
 
     part = {"type": Value("string"), "text": Value("string")}
-    features = Features({
+    return Features({
         "id": Value("string"),
         "messages": List({"role": Value("string"), "content": List(part)}),
         "images": List(Image(decode=False)),
         "kind": Value("string"),
         "length": Value("int64"),  # true tokens (image tokens included), when measured: for length grouping
     })
+
+
+def to_dataset(records: list[dict]):
+    """A `datasets.Dataset` of messages + images; images (paths, bytes or PIL) are decoded by `load_image` on access."""
+    from datasets import Dataset
+
+    features = sample_features()
     dataset = Dataset.from_list([{k: r.get(k) for k in features} for r in records], features=features)
     return dataset.with_transform(_decode_images)
 
