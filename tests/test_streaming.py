@@ -81,9 +81,13 @@ def test_skip_counts_by_kind_as_in_memory(folder, processor):
     assert report.lengths == expected.lengths
 
 
-def test_weighted_mixture_streams_interleaved(folder, processor):
+def test_weighted_mixture_of_jsonl_and_parquet_streams_interleaved(folder, processor):
     a = _write_jsonl(folder / "a.jsonl", [_sample(i) for i in range(40)])
-    b = _write_jsonl(folder / "b.jsonl", [{**_sample(i), "id": f"b{i}"} for i in range(40)])
+    from datasets import Dataset
+
+    b = folder / "b.parquet"  # read by datasets in streaming mode, in the messages format
+    Dataset.from_dict({"id": [f"b{i}" for i in range(40)], "messages": [[
+        {"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}]] * 40}).to_parquet(str(b))
     data = DataConfig(streaming=True, mixture=[{"path": str(a), "weight": 3}, {"path": str(b), "weight": 1}])
     first = [s["id"] for s in itertools.islice(training_stream(data, processor, DataReport()), 40)]
     again = [s["id"] for s in itertools.islice(training_stream(data, processor, DataReport()), 40)]
