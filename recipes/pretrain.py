@@ -16,7 +16,8 @@ setup()
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from vlmtune import tracking
-    from vlmtune.data.records import to_dataset, training_samples
+    from vlmtune.data.streaming import check_streaming
+    from vlmtune.data.training import training_data
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
@@ -27,19 +28,25 @@ def main(cfg: DictConfig) -> None:
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
+    check_streaming(cfg)
 
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     model = apply_policy(model, cfg.policy, cfg.peft)
     parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
     log.info("parameters:\n%s", parameters)
 
-    captions, report = training_samples(cfg.data, processor)
-    run.record_data("train", report)
-    if run.tracker is not None:  # git sha, system, data fingerprint, parameter table: W&B summary (main process)
-        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=captions, state=run.state)
+    captions = training_data(cfg.data, processor, run.dir)
+    if not captions.streamed:  # a stream's report is complete only when training ends
+        run.record_data("train", captions.report)
+    if run.tracker is not None:  # git sha, system, data fingerprint (in memory), parameter table: W&B summary
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=captions.records,
+                                       state=run.state)
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
-    fit(model, processor, to_dataset(captions), cfg, run.dir / "trainer", report_to=run.report_to)
+    fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+        callbacks=captions.callbacks)
+    if captions.streamed:
+        run.record_data("train", captions.report)
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 

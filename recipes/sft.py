@@ -22,7 +22,8 @@ def main(cfg: DictConfig) -> float | None:
     import torch
 
     from vlmtune import tracking
-    from vlmtune.data.records import blank_images, to_dataset, training_samples
+    from vlmtune.data.streaming import check_streaming
+    from vlmtune.data.training import training_data
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> float | None:
 
     run = start_run(cfg, "sft")
     cfg = run.cfg
+    check_streaming(cfg)
 
     base = cfg.init_from
     if base is not None and Path(base).exists():
@@ -58,18 +60,20 @@ def main(cfg: DictConfig) -> float | None:
     parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
     log.info("parameters:\n%s", parameters)
 
-    records, report = training_samples(cfg.data, processor)
-    run.record_data("train", report)
-    if cfg.data.blank_images:
-        records = blank_images(records, run.dir)
-    if run.tracker is not None:  # git sha, system, data fingerprint (blank images included), parameter table
-        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=records, state=run.state)
+    train = training_data(cfg.data, processor, run.dir)
+    if not train.streamed:  # a stream's report is complete only when training ends
+        run.record_data("train", train.report)
+    if run.tracker is not None:  # git sha, system, data fingerprint (in memory; blank images included), parameters
+        facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=train.records, state=run.state)
     callbacks = []
     if cfg.eval_steps > 0:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
         callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state,
                                         table_rows=cfg.logger.log_samples))
-    fit(model, processor, to_dataset(records), cfg, run.dir / "trainer", report_to=run.report_to, callbacks=callbacks)
+    fit(model, processor, train.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+        callbacks=[*callbacks, *train.callbacks])
+    if train.streamed:
+        run.record_data("train", train.report)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))

@@ -66,7 +66,9 @@ class DataConfig:
     mixture: list[dict[str, Any]] = field(default_factory=list)
     mixture_seed: int = 0  # seeds the interleaving of the mixture's sources
     mixture_stop: str = "first_exhausted"  # first_exhausted | all_exhausted (oversample smaller sources)
-    streaming: bool = False  # read datasets sources lazily (with max_*_samples, only that many rows are read)
+    # Training: stream the data (never held in memory; needs optim.max_steps; see vlmtune/data/streaming.py).
+    # Test split: read datasets sources lazily (with max_test_samples, only that many rows are read).
+    streaming: bool = False
     format: str = "auto"  # llava | sharegpt | messages | auto (by each record's keys); see vlmtune/data/formats.py
     split: str = "train"  # split of `train` when it is a datasets folder or hub id
     test_split: str = "test"  # split of `test` when it is a datasets folder or hub id

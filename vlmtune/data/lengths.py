@@ -95,6 +95,33 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
     return list(zip(measured["length"], measured["supervised"], strict=True))
 
 
+def check_fit_options(on_error: str, truncation: str) -> None:
+    check_on_error(on_error)
+    if truncation not in TRUNCATION:
+        raise ValueError(f"data.truncation={truncation!r}: expected one of {', '.join(TRUNCATION)}")
+
+
+def fit_sample(sample: dict[str, Any], measured: tuple[int, int], processor, per_image: int | None, *,
+               max_length: int | None, truncation: str, report: DataReport) -> dict[str, Any] | None:
+    """One measured sample brought under `max_length` by whole turns, with its `length`; None when it was dropped
+    (counted in `report.dropped`). A sample with no supervised token raises a DataError (kind no_supervised_tokens)."""
+    length, supervised = measured
+    if supervised == 0:
+        raise DataError(f"sample {sample['id']!r}: no token of it is supervised (the chat template's assistant mask "
+                        "is empty): it would train with loss 0; check model.template", "no_supervised_tokens")
+    shortened = False
+    while max_length is not None and length > max_length:
+        sample = _drop_last_exchange(sample) if truncation == "drop_turns" else None
+        if sample is None:
+            report.dropped["too long: sample dropped"] += 1
+            return None
+        shortened = True
+        length, supervised = measure(sample, processor, per_image)
+    if shortened:
+        report.dropped["too long: trailing turns dropped"] += 1
+    return {**sample, "length": length}
+
+
 def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | None, truncation: str = "drop_turns",
                 on_error: str = "raise", report: DataReport | None = None,
                 cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -102,36 +129,22 @@ def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | N
 
     Adds `length` (tokens) to each kept sample, for length-grouped batching and the report's histogram.
     """
-    check_on_error(on_error)
-    if truncation not in TRUNCATION:
-        raise ValueError(f"data.truncation={truncation!r}: expected one of {', '.join(TRUNCATION)}")
+    check_fit_options(on_error, truncation)
     report = report if report is not None else DataReport()
     per_image = image_token_count(processor)
     kept = []
-    for sample, (length, supervised) in zip(samples, measure_all(samples, processor, per_image, cache_dir),
-                                            strict=True):
-        if supervised == 0:
-            error = DataError(f"sample {sample['id']!r}: no token of it is supervised (the chat template's "
-                              "assistant mask is empty): it would train with loss 0; check model.template",
-                              "no_supervised_tokens")
+    for sample, measured in zip(samples, measure_all(samples, processor, per_image, cache_dir), strict=True):
+        try:
+            fitted = fit_sample(sample, measured, processor, per_image, max_length=max_length,
+                                truncation=truncation, report=report)
+        except DataError as error:
             if on_error == "raise":
-                raise error
+                raise
             report.add_error(error)
             continue
-        shortened = False
-        while max_length is not None and length > max_length:
-            sample = _drop_last_exchange(sample) if truncation == "drop_turns" else None
-            if sample is None:
-                break
-            shortened = True
-            length, supervised = measure(sample, processor, per_image)
-        if sample is None:
-            report.dropped["too long: sample dropped"] += 1
-            continue
-        if shortened:
-            report.dropped["too long: trailing turns dropped"] += 1
-        kept.append({**sample, "length": length})
-        report.lengths.append(length)
+        if fitted is not None:
+            kept.append(fitted)
+            report.lengths.append(fitted["length"])
     report.kept = len(kept)
     report.images = sum(len(s["images"]) for s in kept)
     if not kept:

@@ -10,7 +10,7 @@ file and sample; `skip` leaves the sample out and counts it in the `DataReport`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,38 +72,71 @@ def read_samples(
     passes its preference-pair converter): reading, image checks, the error policy and the report are shared.
     """
     check_on_error(on_error)
+    report = report if report is not None else DataReport()
+    samples = []
+    for sample in checked_samples(source, image_root=image_root, fmt=fmt, on_error=on_error, split=split,
+                                  verify_images=verify_images, max_image_pixels=max_image_pixels,
+                                  streaming=streaming, report=report, convert=convert, limit=limit):
+        samples.append(sample)
+    if not samples:
+        raise DataError(f"{source}: no usable samples\n{report.summary()}", "empty")
+    return samples
+
+
+def check_row(row: Any, where: str, root: Path, *, fmt: str = "auto", verify_images: str = "header",
+              max_image_pixels: int = MAX_PIXELS,
+              convert: Callable[[Any, str, Path], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One row (or the DataError its reading gave) -> a checked canonical sample, or the DataError that names it."""
+    if isinstance(row, DataError):
+        raise row
+    sample = convert(row, where, root) if convert else to_sample(row, fmt, where, root)
+    if sample["id"] is None:
+        sample["id"] = where  # a stable name for evaluation and error messages
+    for image in sample["images"]:
+        if verify_images == "full":
+            load_image(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
+        else:
+            check_image_header(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
+    return sample
+
+
+def checked_samples(
+    source: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    fmt: str = "auto",
+    on_error: str = "raise",
+    split: str = "train",
+    verify_images: str = "header",
+    max_image_pixels: int = MAX_PIXELS,
+    streaming: bool = False,
+    report: DataReport,
+    convert: Callable[[Any, str, Path], dict[str, Any]] | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The checked samples of `source` one at a time, as they are read; the error policy applied and counted in
+    `report`. Shared by the in-memory reader (`read_samples`) and the streaming pipeline (streaming.py)."""
     if verify_images not in ("header", "full"):
         raise ValueError(f"data.verify_images={verify_images!r}: expected header or full")
-    report = report if report is not None else DataReport()
     path = Path(source)
     root = Path(image_root) if image_root else (path.parent if path.is_file() else path)
-    samples = []
+    kept = 0
     for where, row in read_rows(source, split, streaming):
-        if limit is not None and len(samples) >= limit:
+        if limit is not None and kept >= limit:
             break
         report.samples += 1
         try:
-            if isinstance(row, DataError):
-                raise row
-            sample = convert(row, where, root) if convert else to_sample(row, fmt, where, root)
-            if sample["id"] is None:
-                sample["id"] = where  # a stable name for evaluation and error messages
-            for image in sample["images"]:
-                if verify_images == "full":
-                    load_image(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
-                else:
-                    check_image_header(image, f"{where}, sample {sample['id']!r}", max_image_pixels)
+            sample = check_row(row, where, root, fmt=fmt, verify_images=verify_images,
+                               max_image_pixels=max_image_pixels, convert=convert)
         except DataError as error:
             if on_error == "raise":
                 raise
             report.add_error(error)
             continue
-        samples.append(sample)
+        kept += 1
         report.kept += 1
         report.images += len(sample["images"])
-    if not samples:
-        raise DataError(f"{source}: no usable samples\n{report.summary()}", "empty")
-    return samples
+        yield sample
 
 
 def read_split(data, which: str, report: DataReport | None = None) -> list[dict[str, Any]]:
@@ -176,18 +209,25 @@ def _decode_images(batch: dict[str, list]) -> dict[str, list]:
     return batch
 
 
-def to_dataset(records: list[dict]):
-    """A `datasets.Dataset` of messages + images; images (paths, bytes or PIL) are decoded by `load_image` on access."""
-    from datasets import Dataset, Features, Image, List, Value
+def sample_features():
+    """The `datasets.Features` of training samples, in memory or streamed: images stay undecoded (path / bytes)."""
+    from datasets import Features, Image, List, Value
 
     part = {"type": Value("string"), "text": Value("string")}
-    features = Features({
+    return Features({
         "id": Value("string"),
         "messages": List({"role": Value("string"), "content": List(part)}),
         "images": List(Image(decode=False)),
         "kind": Value("string"),
         "length": Value("int64"),  # true tokens (image tokens included), when measured: for length grouping
     })
+
+
+def to_dataset(records: list[dict]):
+    """A `datasets.Dataset` of messages + images; images (paths, bytes or PIL) are decoded by `load_image` on access."""
+    from datasets import Dataset
+
+    features = sample_features()
     dataset = Dataset.from_list([{k: r.get(k) for k in features} for r in records], features=features)
     return dataset.with_transform(_decode_images)
 

@@ -178,35 +178,33 @@ def resuming_every_adapter(trainer_class: type) -> type:
     return Trainer
 
 
-def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, *, report_to: str,
-        callbacks=None) -> list[dict]:
-    """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
-
-    On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143). A NaN/inf
-    loss raises `NonFiniteLoss` (vlmtune.train.guards) before that step is saved.
-    """
+def sft_trainer(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, *, report_to: str,
+                callbacks=None):
+    """The SFTTrainer that `fit` trains with: collator checked and wrapped (stream image decoding, packing, the
+    all-masked-row guard), per-part optimizer, the untrained-part and non-finite-loss guards after `callbacks`."""
+    from datasets import IterableDataset
     from trl import SFTTrainer
 
     from vlmtune.data.packing import packed_collator
+    from vlmtune.data.streaming import DecodeImages
     from vlmtune.train.guards import NonFiniteLossGuard, UntrainedPartGuard
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
-    resume_from = resume_point(cfg.resume, out_dir)
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    sigterm = _save_and_stop_on_sigterm()
     # Last: it runs after the callbacks that request a save and raises before a non-finite step is saved.
     guard = NonFiniteLossGuard()
     trainer = resuming_every_adapter(SFTTrainer)(model=model, args=args, train_dataset=train_dataset,
                                                  processing_class=processor,
-                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), sigterm,
-                                                            guard])
+                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), guard])
+    streamed = isinstance(train_dataset, IterableDataset)
+    if streamed:  # a stream's images are decoded per batch, in the collator: only a process's own batches
+        trainer.data_collator = DecodeImages(trainer.data_collator)
     # The loss mask comes from the chat template's {% generation %} marks: check it before spending any compute,
     # and refuse all-masked rows later on (they would train on nothing with a loss of 0, silently).
     check_supervision(trainer.data_collator, processor.tokenizer, train_dataset)
     if cfg.data.packing:  # the same template and mask, one padding-free row per batch
-        trainer.data_collator = packed_collator(processor, model)
+        packed = packed_collator(processor, model)
+        trainer.data_collator = DecodeImages(packed) if streamed else packed
     trainer.data_collator = RequireSupervised(trainer.data_collator)
     if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
         # TRL casts every trainable weight of a quantized model to bf16 (the QLoRA paper's choice). Without bf16
@@ -215,7 +213,25 @@ def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, 
             if param.requires_grad:
                 param.data = param.data.float()
     use_policy_optimizer(trainer, cfg)
+    return trainer
+
+
+def fit(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir: Path, *, report_to: str,
+        callbacks=None) -> list[dict]:
+    """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
+
+    On SIGTERM it finishes the current step, writes a step checkpoint and raises `Preempted` (exit code 143). A NaN/inf
+    loss raises `NonFiniteLoss` (vlmtune.train.guards) before that step is saved. A stream (IterableDataset) resumes
+    by reading and skipping the batches trained before the checkpoint (the Trainer's own skip), which is exact
+    because the stream is deterministic and endless (vlmtune.data.streaming).
+    """
+    resume_from = resume_point(cfg.resume, out_dir)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    sigterm = _save_and_stop_on_sigterm()
+    trainer = sft_trainer(model, processor, train_dataset, cfg, out_dir, report_to=report_to,
+                          callbacks=[*(callbacks or []), sigterm])
     trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.requested:
-        raise Preempted(latest_complete_checkpoint(args.output_dir))
+        raise Preempted(latest_complete_checkpoint(trainer.args.output_dir))
     return trainer.state.log_history

@@ -10,6 +10,7 @@ any batch that holds a row with no supervised token at all.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import re
 from typing import Any
@@ -37,7 +38,9 @@ def _answers(messages: list[dict]) -> list[str]:
 
 def check_supervision(collator, tokenizer, dataset, n: int = 4) -> None:
     """Raise unless each of the first `n` samples supervises exactly its assistant answers (plus special tokens)."""
-    examples = [dataset[i] for i in range(min(n, len(dataset)))]
+    # A stream (IterableDataset) is peeked at: its first samples are read again by the training loop.
+    examples = [dataset[i] for i in range(min(n, len(dataset)))] if hasattr(dataset, "__len__") else list(
+        itertools.islice(dataset, n))
     if not examples or "messages" not in examples[0]:
         return
     specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
