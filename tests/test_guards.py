@@ -106,20 +106,37 @@ def test_an_absurd_learning_rate_fails_with_the_step_and_checkpoint(cache, tmp_p
 
 
 def test_a_trained_part_that_gets_no_gradient_stops_the_run_with_its_name(cache, tmp_path):
-    """Tiny SigLIP feeds the projector from its patch embeddings (feature_layer -3), before every encoder layer: LoRA
-    on those layers can never learn, and the run says so instead of training nothing for hours."""
+    """A trained vision tower on text-only data: no batch ever reaches it, so it would never change."""
     from vlmtune.train.guards import UntrainedPart
 
-    cfg = _cfg(tmp_path, "policy.vision.mode=lora", "optim.max_steps=3")
-    with pytest.raises(UntrainedPart, match=r"trains the vision \(model.vision_tower\).* in 3 optimizer step.*"
-                                            r"feature_layer"):
+    text_only = [{"id": f"t{i}", "conversations": [{"from": "human", "value": f"Say {i}."},
+                                                   {"from": "gpt", "value": str(i)}]} for i in range(16)]
+    (tmp_path / "text.json").write_text(json.dumps(text_only))
+    cfg = _cfg(tmp_path, "policy.vision.mode=full", "policy.projector.mode=frozen", "optim.max_steps=3",
+               f"data.train={tmp_path / 'text.json'}")
+    with pytest.raises(UntrainedPart, match=r"trains the vision \(model.vision_tower\).* in 3 optimizer step"):
         _train(cfg)
 
 
-def test_trainable_layers_after_the_feature_layer_are_reported(cache, tmp_path, caplog):
-    """Tiny CLIP uses its first layer's output (feature_layer -2): the second layer's adapters train nothing."""
-    cfg = _cfg(tmp_path, "model/vision=tiny_clip", "policy.vision.mode=lora", "optim.max_steps=3")
+def test_trainable_tensors_without_gradient_in_a_learning_part_are_a_warning(cache, tmp_path, caplog):
+    """The guard on real Trainer state: every LLM tensor but one gets a gradient for `steps` steps -> a warning that
+    names the one; nothing raises, since the LLM learns."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from vlmtune.model.compose import compose
+    from vlmtune.train.guards import UntrainedPartGuard
+    from vlmtune.train.policy import apply_policy
+
+    cfg = _cfg(tmp_path, "peft=none", "policy.llm.mode=full")
+    model = apply_policy(compose(cfg.model)[0], cfg.policy, cfg.peft)
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    idle = next(name for name, _ in trainable if "language_model.layers.1." in name)
+    for name, param in trainable:
+        param.grad = None if name == idle else torch.ones_like(param)
+    guard = UntrainedPartGuard(steps=2)
+    args, state, control = TrainingArguments(output_dir=str(tmp_path), use_cpu=True), TrainerState(), TrainerControl()
     with caplog.at_level("WARNING", logger="vlmtune"):
-        _train(cfg)
+        for _ in range(2):
+            guard.on_pre_optimizer_step(args, state, control, model=model)
     warnings = [r.getMessage() for r in caplog.records if "received no gradient" in r.getMessage()]
-    assert len(warnings) == 1 and "of the vision" in warnings[0] and "encoder.layers.1." in warnings[0]
+    assert len(warnings) == 1 and "1 trainable tensors of the llm" in warnings[0] and idle in warnings[0]

@@ -274,3 +274,29 @@ def test_plain_lora_part_under_adapter_wide_rslora(model):
     layers = _lora_layers(apply_policy(model, policy, PeftConfig(r=16, alpha=32, use_rslora=True)))
     assert {m.scaling["default"] for m in layers["vision"]} == {32 / 16**0.5}
     assert [m.scaling["default"] for m in layers["llm"]] == pytest.approx([32 / 16] * len(layers["llm"]))
+
+
+def test_vision_weights_after_the_feature_layer_stay_frozen(model):
+    """Tiny CLIP feeds the projector from its first layer (feature_layer -2 of 2): LoRA leaves the second layer out,
+    a full fine-tune leaves it frozen; everything before it trains."""
+    lora = apply_policy(model, _policy(vision="lora"), PeftConfig())
+    adapted = {n.split(".lora_")[0] for n, _ in lora.named_parameters() if "vision_tower" in n and "lora_A" in n}
+    assert adapted and all(".layers.0." in n for n in adapted)
+
+
+def test_a_full_vision_tower_trains_only_what_reaches_the_projector(tiny):
+    vision = VisionConfig(path=str(tiny / "vision" / "clip"), select_strategy="default")
+    model = compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))[0]
+    model = apply_policy(model, _policy(vision="full", llm="frozen"), PeftConfig())
+    trains = {n for n, p in model.named_parameters() if p.requires_grad and "vision_tower" in n}
+    assert any(".layers.0." in n for n in trains) and any("embeddings" in n for n in trains)
+    assert not any(".layers.1." in n or "post_layernorm" in n for n in trains)
+
+
+def test_vision_lora_behind_a_feature_layer_at_the_embeddings_is_refused(tiny):
+    """Tiny SigLIP's features are its patch embeddings (feature_layer -3): no encoder layer can learn anything."""
+    vision = VisionConfig(path=str(tiny / "vision" / "siglip"), select_strategy="full", feature_layer=-3)
+    model = compose(ModelConfig(vision=vision, llm=LLMConfig(path=str(tiny / "llm" / "llama"))))[0]
+    refusal = r"marks \['vision'\] for LoRA .*feature_layer \(here -3\).*layers\.0\.mlp\.fc1"
+    with pytest.raises(ValueError, match=refusal):
+        apply_policy(model, _policy(vision="lora"), PeftConfig())

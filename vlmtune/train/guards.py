@@ -111,13 +111,13 @@ class UntrainedPart(RuntimeError):
 class UntrainedPartGuard(TrainerCallback):
     """Checks, over the first `steps` optimizer steps, that every part the policy trains receives a gradient.
 
-    A part can be trainable and still never learn: LoRA on vision layers that do not feed the projector (everything
-    after model.vision.feature_layer; a feature layer at the embeddings leaves the whole encoder out), or a part cut
-    off from the loss. Such a part raises `UntrainedPart`, naming it; trainable modules of a learning part that never
-    get a gradient (e.g. the last vision layer with feature_layer -2, as in LLaVA) are reported as a warning, since
-    they only cost memory. Several steps are watched because a batch without images legitimately leaves the vision
-    side without gradient. Gradients are already averaged across processes here, so every rank reaches the same
-    verdict. Under DeepSpeed and FSDP the gradients live sharded outside `param.grad`, so the check is off there.
+    A part can be trainable and still never learn: a vision tower (or projector) when no batch holds an image, or any
+    part cut off from the loss. Such a part raises `UntrainedPart`, naming it; trainable tensors of a learning part
+    that never get a gradient are reported as a warning, since they only cost memory. (Vision layers after
+    model.vision.feature_layer are frozen up front by the policy: vlmtune.train.reach.) Several steps are watched
+    because one batch without images legitimately leaves the vision side without gradient. Gradients are already
+    averaged across processes here, so every rank reaches the same verdict. Under DeepSpeed and FSDP the gradients
+    live sharded outside `param.grad`, so the check is off there.
     """
 
     def __init__(self, steps: int = 8) -> None:
@@ -165,9 +165,8 @@ class UntrainedPartGuard(TrainerCallback):
             raise UntrainedPart(
                 f"policy trains the {part} ({parts.get(part, part)}), but none of its {len(untouched[part])} "
                 f"trainable tensors received a gradient in {steps} optimizer step(s), e.g. {untouched[part][0]}: "
-                "it would never change. For the vision tower, check that the layers carrying adapters feed the "
-                "projector (model.vision.feature_layer selects the output of a layer; everything after it is "
-                f"unused), or set policy.{part}.mode=frozen.")
+                f"it would never change. Check that the training data reaches it (images, for the vision tower and "
+                f"the projector), or set policy.{part}.mode=frozen.")
         for part, names in sorted(untouched.items()):
             log.warning("%d trainable tensors of the %s received no gradient in %d step(s) and will not train "
                         "(e.g. %s): they only cost memory", len(names), part, steps, names[0])

@@ -12,6 +12,7 @@ fully.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -22,6 +23,9 @@ import torch
 from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig
 from vlmtune.model.parts import PART_NAMES, parts_of
 from vlmtune.model.parts import part_of as _part_of
+from vlmtune.train.reach import unused_vision_parameters
+
+log = logging.getLogger("vlmtune")
 
 LLM_PLACEHOLDER = "{llm}"  # in peft.target: the LLM's module path for the model's architecture
 VISION_PLACEHOLDER = "{vision}"  # in peft.vision_target
@@ -134,12 +138,15 @@ def _set_dropout(model, dropout: dict[str, float], parts: dict[str, str]) -> Non
 
 
 def _lora_config(settings: dict[str, LoraSettings], peft: PeftConfig, parts: dict[str, str],
-                 modules_to_save: list[str]):
-    """One peft LoraConfig for the parts in `settings` (they share DoRA)."""
+                 modules_to_save: list[str], unused_vision: list[str]):
+    """One peft LoraConfig for the parts in `settings` (they share DoRA); `unused_vision` names the vision modules
+    that the targets would hit but that never reach the features (left out)."""
     from peft import LoraConfig
 
     targets = {"llm": peft.target, "vision": peft.vision_target}
     pattern = "|".join(f"(?:{lora_target(targets[part], parts)})" for part in settings)
+    vision_pattern = re.compile(lora_target(peft.vision_target, parts))
+    exclude = [name for name in unused_vision if "vision" in settings and vision_pattern.fullmatch(name)]
     # Per-part rank and alpha through peft's patterns, keyed by the part's target, so that the saved adapter config
     # rebuilds them anywhere. rsLoRA differs from LoRA only in the scale (alpha / sqrt(r) instead of alpha / r), so a
     # part that departs from peft.use_rslora gets the alpha that gives its scale under the adapter-wide rule.
@@ -155,8 +162,8 @@ def _lora_config(settings: dict[str, LoraSettings], peft: PeftConfig, parts: dic
             alpha_pattern[key] = alpha
     return LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout,
                       use_dora=next(iter(settings.values())).dora, use_rslora=peft.use_rslora,
-                      target_modules=pattern, modules_to_save=modules_to_save or None, rank_pattern=rank_pattern,
-                      alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
+                      target_modules=pattern, exclude_modules=exclude or None, modules_to_save=modules_to_save or None,
+                      rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, task_type="CAUSAL_LM")
 
 
 def activate_adapters(model) -> None:
@@ -164,7 +171,7 @@ def activate_adapters(model) -> None:
     model.base_model.set_adapter(list(model.peft_config))
 
 
-def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str]):
+def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str, str], unused_vision: list[str]):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     modes = {part: rule.mode for part, rule in rules.items()}
@@ -184,7 +191,7 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
         adapters = {"default": ["llm"], "vision": ["vision"]}
     for name, group in adapters.items():
         config = _lora_config({part: settings[part] for part in group}, peft, parts,
-                              modules_to_save=full if name == "default" else [])
+                              modules_to_save=full if name == "default" else [], unused_vision=unused_vision)
         if name == "default":
             model = get_peft_model(model, config)
         else:
@@ -204,9 +211,13 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
                          f"peft.target / peft.vision_target ({LLM_PLACEHOLDER} stands for {parts['llm']})")
     missing = lora_parts - set(landed)
     if missing:
+        targeted = [m for m in unused_vision if re.fullmatch(lora_target(peft.vision_target, parts), m)]
+        cut = (f"; the vision modules after model.vision.feature_layer (here "
+               f"{model.config.vision_feature_layer}) never reach the projector and are left out, e.g. "
+               f"{(targeted or unused_vision)[0]}") if "vision" in missing and unused_vision else ""
         raise ValueError(f"policy marks {sorted(missing)} for LoRA but no module there matches peft.target / "
                          f"peft.vision_target ({LLM_PLACEHOLDER} = {parts['llm']}, {VISION_PLACEHOLDER} = "
-                         f"{parts['vision']})")
+                         f"{parts['vision']}){cut}")
     return model
 
 
@@ -215,17 +226,35 @@ def apply_policy(model, policy: PolicyConfig, peft: PeftConfig):
     (PEFT-wrapped when a part is in lora / qlora mode)."""
     modes = _modes(policy)
     parts = parts_of(model)
+    # Vision weights that never reach the features the projector reads (vlmtune.train.reach) stay frozen in every
+    # mode: LoRA leaves their modules out, a full fine-tune leaves them untouched.
+    unused = unused_vision_parameters(model, parts["vision"]) if modes["vision"] != "frozen" else set()
+    if unused:
+        log.info("%d vision tensors after model.vision.feature_layer do not reach the projector: they stay frozen "
+                 "(e.g. %s)", len(unused), sorted(unused)[0])
+    unused_modules = sorted({f"{parts['vision']}.{name.rpartition('.')[0]}" for name in unused})
     if any(mode in ("lora", "qlora") for mode in modes.values()):
-        model = _lora(model, {part: getattr(policy, part) for part in PART_NAMES}, peft, parts)
+        model = _lora(model, {part: getattr(policy, part) for part in PART_NAMES}, peft, parts, unused_modules)
     else:
         for name, param in model.named_parameters():
             param.requires_grad = _trains(part_of(name, parts), modes)
+    for name, param in model.named_parameters():
+        if _vision_relative(name, parts["vision"]) in unused:
+            param.requires_grad = False
     trained = {part_of(name, parts) for name, param in model.named_parameters() if param.requires_grad}
     for part, mode in modes.items():
         if mode != "frozen" and part not in trained:
             raise ValueError(f"policy.{part}.mode={mode} but no parameter of the {part} ({parts[part]}) would train")
     _gradient_checkpointing(model, policy, parts)
     return model
+
+
+def _vision_relative(name: str, vision_path: str) -> str | None:
+    """A parameter's name inside the vision tower (PEFT's prefix and modules_to_save copy removed), or None."""
+    name = name.removeprefix("base_model.model.")
+    if not name.startswith(vision_path + "."):
+        return None
+    return name[len(vision_path) + 1:].removeprefix("modules_to_save.default.")
 
 
 def _gradient_checkpointing(model, policy: PolicyConfig, parts: dict[str, str]) -> None:
