@@ -206,7 +206,8 @@ def expected_metrics(task: str, rows: list[dict]) -> dict[str, float]:
             if r["choices"]:
                 return float(m.extract_choice_mmmu(r["prediction"], r["choices"]) == r["target"])
             return float(m.mmmu_open_correct(r["target"], m.mmmu_open_parse(r["prediction"])))
-        return {"accuracy": mean([correct(r) for r in rows]), "accuracy/Art": correct(rows[0])}
+        return {"accuracy": mean([correct(r) for r in rows]), "accuracy/Art": correct(rows[0]),
+                "accuracy/Art_and_Design": correct(rows[0]), "accuracy/Science": mean([correct(r) for r in rows[1:]])}
     if task == "coco_caption":
         return m.caption_scores({r["id"]: r["prediction"] for r in rows}, {r["id"]: r["target"] for r in rows})
     raise AssertionError(task)

@@ -169,17 +169,34 @@ def mmbench_circular(name: str, values: Sequence[float], rows: Sequence[Row], ve
 
 
 _MMMU_SUBJECT = re.compile(r"^[a-z]+_(.+?)_\d+$")  # validation_Art_Theory_12 -> Art_Theory
+# MMMU's six disciplines and their 30 subjects (MMMU's DOMAIN_CAT2SUB_CAT), reported like its own evaluation.
+MMMU_DISCIPLINES = {
+    "Art_and_Design": ("Art", "Art_Theory", "Design", "Music"),
+    "Business": ("Accounting", "Economics", "Finance", "Manage", "Marketing"),
+    "Science": ("Biology", "Chemistry", "Geography", "Math", "Physics"),
+    "Health_and_Medicine": ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
+                            "Pharmacy", "Public_Health"),
+    "Humanities_and_Social_Science": ("History", "Literature", "Sociology", "Psychology"),
+    "Tech_and_Engineering": ("Agriculture", "Architecture_and_Engineering", "Computer_Science", "Electronics",
+                             "Energy_and_Power", "Materials", "Mechanical_Engineering"),
+}
 
 
 @AGGREGATIONS.register("mmmu")
 def mmmu(name: str, values: Sequence[float], rows: Sequence[Row], **_: Any) -> dict[str, float]:
-    """Accuracy overall (instance-weighted, as MMMU's `calculate_ins_level_acc`) and per subject (from the doc id),
-    and how many multiple-choice answers had no readable letter (upstream would have guessed at random)."""
+    """Accuracy overall, per discipline (both instance-weighted, as MMMU's `calculate_ins_level_acc`) and per subject
+    (from the doc id), and how many multiple-choice answers had no readable letter (upstream would have guessed at
+    random)."""
     subjects: dict[str, list[float]] = defaultdict(list)
     for row, value in zip(rows, values, strict=True):
         match = _MMMU_SUBJECT.match(row["id"])
         subjects[match.group(1) if match else "unknown"].append(value)
-    out = {name: _mean(values)} | {f"{name}/{s}": _mean(v) for s, v in sorted(subjects.items())}
+    out = {name: _mean(values)}
+    for discipline, members in MMMU_DISCIPLINES.items():
+        pooled = [v for subject in members for v in subjects.get(subject, [])]
+        if pooled:
+            out[f"{name}/{discipline}"] = _mean(pooled)
+    out |= {f"{name}/{s}": _mean(v) for s, v in sorted(subjects.items())}
     out["n_unparsed"] = sum(bool(r["choices"]) and mmmu_letter(r["prediction"], r) is None for r in rows)
     return out
 
