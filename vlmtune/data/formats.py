@@ -32,7 +32,7 @@ Converter = Callable[[dict[str, Any], str], dict[str, Any]]
 FORMATS: Registry[Converter] = Registry("data.format")
 
 
-def _text_parts(text: str) -> list[dict[str, Any]]:
+def text_parts(text: str) -> list[dict[str, Any]]:
     """Split text at `<image>` placeholders into text and image parts."""
     parts: list[dict[str, Any]] = []
     for i, chunk in enumerate(text.split(PLACEHOLDER)):
@@ -57,7 +57,7 @@ def _turns_from_to_messages(turns, where: str) -> list[dict[str, Any]]:
         if role is None or not isinstance(turn.get("value"), str):
             raise DataError(f"{where}: each turn needs 'from' in {sorted(ROLES)} and a string 'value'; got {turn!r}",
                             "bad_format")
-        messages.append({"role": role, "content": _text_parts(turn["value"])})
+        messages.append({"role": role, "content": text_parts(turn["value"])})
     return messages
 
 
@@ -71,7 +71,7 @@ def from_llava(record: dict[str, Any], where: str) -> dict[str, Any]:
 def from_sharegpt(record: dict[str, Any], where: str) -> dict[str, Any]:
     messages = _turns_from_to_messages(record.get("conversations"), where)
     if isinstance(record.get("system"), str) and record["system"]:
-        messages.insert(0, {"role": "system", "content": _text_parts(record["system"])})
+        messages.insert(0, {"role": "system", "content": text_parts(record["system"])})
     return {"messages": messages, "images": _as_list(record.get("images"))}
 
 
@@ -96,13 +96,13 @@ def from_messages(record: dict[str, Any], where: str) -> dict[str, Any]:
             raise DataError(f"{where}: each message needs 'role' in {sorted(ROLES)}; got {message!r}", "bad_format")
         content = message.get("content")
         if isinstance(content, str):
-            parts = _text_parts(content)
+            parts = text_parts(content)
         elif isinstance(content, list):
             parts = []
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind == "text" and isinstance(part.get("text"), str):
-                    parts.extend(_text_parts(part["text"]))
+                    parts.extend(text_parts(part["text"]))
                 elif kind in ("image", "image_url"):
                     parts.append({"type": "image", "text": None})
                     if _inline_image(part) is not None:

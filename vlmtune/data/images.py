@@ -42,6 +42,37 @@ def _to_rgb(image):
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def check_image_header(source: Any, where: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Cheap up-front check of one image (a path or bytes): it exists, PIL recognises it, it is not a
+    decompression bomb. PIL images pass.
+
+    Decoding (which catches truncation) happens when the sample is used, through `load_image`, with the same kind
+    of error; `vlmtune data check` and `data.verify_images=full` decode every image up front.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(source, str | bytes):
+        return
+    name = "image bytes" if isinstance(source, bytes) else f"image file {source}"
+    if isinstance(source, str) and not Path(source).is_file():
+        raise DataError(f"{where}: {name} does not exist (check the path and data.image_root)", "missing_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+                width, height = opened.size
+    except Image.DecompressionBombError:
+        width = height = max_pixels + 1  # far above PIL's own limit: reported below
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: {name} is not an image PIL can read (corrupt or unsupported format)",
+                        "corrupt_image") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: {name} is corrupt ({err})", "corrupt_image") from None
+    if width * height > max_pixels:
+        raise DataError(f"{where}: {name} has {width}x{height} pixels, more than data.max_image_pixels="
+                        f"{max_pixels}: a decompression bomb, or downscale it first", "decompression_bomb")
+
+
 def load_image(source: Any, where: str, max_pixels: int = MAX_PIXELS):
     """An 8-bit RGB PIL image from a path, bytes, a datasets `{"bytes", "path"}` dict or a PIL image.
 

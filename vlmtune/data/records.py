@@ -16,40 +16,8 @@ from typing import Any
 
 from vlmtune.data.errors import DataError, DataReport, check_on_error
 from vlmtune.data.formats import to_sample
-from vlmtune.data.images import MAX_PIXELS, load_image
+from vlmtune.data.images import MAX_PIXELS, check_image_header, load_image
 from vlmtune.data.sources import read_rows
-
-
-def check_image_header(image: Any, where: str, max_pixels: int = MAX_PIXELS) -> None:
-    """Cheap up-front check of one image: it exists, PIL recognises it, it is not a decompression bomb.
-
-    Decoding (which catches truncation) happens when the sample is used, through `load_image`, with the same kind
-    of error; `vlmtune data check` and `data.verify_images=full` decode every image up front.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(image, str):
-        return  # bytes and PIL images are decoded by load_image
-    if not Path(image).is_file():
-        raise DataError(f"{where}: image file {image} does not exist (check the path and data.image_root)",
-                        "missing_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-            with Image.open(image) as opened:
-                width, height = opened.size
-    except Image.DecompressionBombError:
-        width = height = max_pixels + 1  # far above PIL's own limit: reported below
-    except UnidentifiedImageError:
-        raise DataError(f"{where}: image file {image} is not an image PIL can read (corrupt or unsupported format)",
-                        "corrupt_image") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: image file {image} is corrupt ({err})", "corrupt_image") from None
-    if width * height > max_pixels:
-        raise DataError(f"{where}: image file {image} has {width}x{height} pixels, more than data.max_image_pixels="
-                        f"{max_pixels}: a decompression bomb, or downscale it first", "decompression_bomb")
 
 
 def read_samples(

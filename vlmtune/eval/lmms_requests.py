@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlmtune.data.formats import PLACEHOLDER, _text_parts
+from vlmtune.data.formats import PLACEHOLDER, text_parts
 from vlmtune.data.images import load_image
 from vlmtune.data.records import split_prompt
 from vlmtune.eval.generate import generate_answers
@@ -36,7 +36,7 @@ def prompt_record(request_id: Any, context: str, images: Sequence[Any]) -> dict[
         raise ValueError(f"request {request_id!r}: the prompt has {placeholders} {PLACEHOLDER} placeholders but the "
                          f"document has {len(images)} images; give one placeholder per image, or none")
     return {"id": request_id, "images": list(images),
-            "messages": [{"role": "user", "content": _text_parts(context)},
+            "messages": [{"role": "user", "content": text_parts(context)},
                          {"role": "assistant", "content": [{"type": "text", "text": ""}]}]}
 
 

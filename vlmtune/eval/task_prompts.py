@@ -7,13 +7,13 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
-import io
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 from vlmtune.data.errors import DataError
+from vlmtune.data.images import check_image_header
 
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,")
@@ -27,17 +27,6 @@ def present(value: Any) -> bool:
     return not (isinstance(value, str) and value.strip() in ("", "nan"))
 
 
-def _check_header(data: bytes | str, where: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data):
-            pass  # the header only: decoding happens batch by batch during generation
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: not an image PIL can read ({type(err).__name__}); fix or remove the row",
-                        "corrupt_image") from None
-
-
 def resolve_image(value: Any, where: str, root: Path) -> tuple[Any, str]:
     """(something `load_image` opens, a JSON-safe reference) for a PIL image, `{"bytes", "path"}` dict, bytes, a path
     (relative to `root`) or base64 text (VLMEvalKit TSVs, data URLs)."""
@@ -48,19 +37,19 @@ def resolve_image(value: Any, where: str, root: Path) -> tuple[Any, str]:
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, bytes):
-        _check_header(value, where)
+        check_image_header(value, where)
         return value, where
     if isinstance(value, str) and value:
         path = Path(value) if Path(value).is_absolute() else root / value
         if len(value) < 4096 and path.is_file():
-            _check_header(str(path), f"{where} ({path})")
+            check_image_header(str(path), f"{where} ({path})")
             return str(path), str(path)
         try:
             data = base64.b64decode(_DATA_URL.sub("", value), validate=True)
         except (binascii.Error, ValueError):
             data = b""
         if data:
-            _check_header(data, f"{where} (base64)")
+            check_image_header(data, f"{where} (base64)")
             return data, f"{where} (base64)"
         raise DataError(f"{where}: image file {path} does not exist and the text is not base64 image data; fix the "
                         "path or set eval.task.image_root", "missing_image")
