@@ -17,11 +17,13 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="dpo", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.errors import DataReport
     from vlmtune.data.preferences import read_preference_split, to_preference_dataset

@@ -9,11 +9,13 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> None:
     from vlmtune import tracking
     from vlmtune.data.streaming import check_streaming

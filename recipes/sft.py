@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float | None:
     import torch
 

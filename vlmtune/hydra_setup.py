@@ -36,7 +36,11 @@ def run_stamp() -> str:
 
         # Ranks started by one `accelerate launch` / `torchrun` share the parent process: use its start time.
         moment = datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
-    return moment.strftime("%Y%m%d-%H%M%S")
+    stamp = moment.strftime("%Y%m%d-%H%M%S")
+    # Processes this one starts inherit it: the jobs of a submitit sweep (each its own process, on other machines
+    # under SLURM) and the ranks of a launch (vlmtune.launch) name the same sweep / run directory.
+    os.environ["VLMTUNE_RUN_STAMP"] = stamp
+    return stamp
 
 
 def default_run_dir(runs: str) -> str:
