@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.dpo import fit_dpo, score_preferences
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
+    from vlmtune.train.sharded import full_weights
 
     run = start_run(cfg, "dpo")
     cfg = run.cfg
@@ -60,9 +61,10 @@ def main(cfg: DictConfig) -> float | None:
     fit_dpo(model, processor, to_preference_dataset(pairs), cfg, run.dir / "trainer", report_to=run.report_to,
             ref_model=ref_model)
 
-    if is_main_process():
-        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
-        log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
+    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+        if is_main_process():
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
+            log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
     run.wait_for_everyone()
     metrics = None
     if cfg.evaluate_at_end and cfg.data.test and is_main_process():

@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, parameter_table
+    from vlmtune.train.sharded import full_weights
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
@@ -52,12 +53,13 @@ def main(cfg: DictConfig) -> None:
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
-    if is_main_process():
-        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
-        log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
-        if run.tracker is not None and cfg.logger.log_checkpoint:
-            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
-                k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
+    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+        if is_main_process():
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
+            log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+            if run.tracker is not None and cfg.logger.log_checkpoint:
+                tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
+                    k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
     run.finish()
 
 

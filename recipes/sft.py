@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
     from vlmtune.train.probe import GenerationEval
+    from vlmtune.train.sharded import full_weights
 
     run = start_run(cfg, "sft")
     cfg = run.cfg
@@ -77,12 +78,13 @@ def main(cfg: DictConfig) -> float | None:
     if train.streamed:
         run.record_data("train", train.report)
 
-    if is_main_process():
-        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
-        log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
-        if run.tracker is not None and cfg.logger.log_checkpoint:
-            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="sft", metadata={
-                "init_from": str(base), **{k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")}})
+    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+        if is_main_process():
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
+            log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
+            if run.tracker is not None and cfg.logger.log_checkpoint:
+                tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="sft", metadata={
+                    "init_from": str(base), **{k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")}})
     run.wait_for_everyone()
     # Score the artifact as written (adapters merged the way any later user loads them), not the live model.
     metrics = evaluate_checkpoint(run, run.dir / "checkpoint") if cfg.evaluate_at_end and cfg.data.test else None

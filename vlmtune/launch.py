@@ -157,17 +157,32 @@ def _forward_signals(process: subprocess.Popen) -> None:
         previous[signum] = signal.signal(signum, handler)
 
 
+def _fill_from_slurm(launcher) -> None:
+    """A multi-node SLURM job (conf/hydra/launcher/slurm.yaml, one task per node): this node's machine_rank and the
+    first node's address, unless given."""
+    if launcher.num_machines < 2 or "SLURM_NODEID" not in os.environ or launcher.main_process_ip:
+        return
+    hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], check=True,
+                           capture_output=True, text=True).stdout.split()
+    launcher.machine_rank = int(os.environ["SLURM_NODEID"])
+    launcher.main_process_ip = hosts[0]
+
+
 def relaunch(cfg: DictConfig, script: str) -> Any:
     """Run `script` with this run's overrides under `accelerate launch` with cfg.launcher; return its result."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from vlmtune.hydra_setup import STAMP_GIVEN
 
     typed = OmegaConf.to_object(cfg)
     launcher = typed.launcher
+    _fill_from_slurm(launcher)
     check_profile(launcher)
     run_dir = Path(typed.run_dir).resolve()
     overrides = list(HydraConfig.get().overrides.task)
-    if launcher.num_machines > 1 and not any(o.startswith("run_dir=") for o in overrides) \
-            and not os.environ.get("VLMTUNE_RUN_STAMP"):
+    named = any(o.startswith("run_dir=") for o in overrides) or HydraConfig.get().mode == RunMode.MULTIRUN
+    if launcher.num_machines > 1 and not (named or STAMP_GIVEN):
         raise LaunchError("launcher.num_machines > 1: give run_dir=<a folder every machine sees> (or set "
                           "VLMTUNE_RUN_STAMP to one value on every machine), so all machines write one run directory")
     if launcher.machine_rank == 0:
