@@ -1,5 +1,6 @@
 """Describe the model that `sft` with the same overrides would train: parts, checkpoints, parameters per part,
-image tokens per image and what is trainable. Composes the model; writes nothing.
+image tokens per image and what is trainable. Composes the model; writes nothing. Parts named by hub id are built
+on the meta device from their published architecture (vlmtune/model/meta.py): real sizes, offline, no weights.
 
 Run as `vlmtune describe [overrides]`, e.g. `vlmtune describe model/vision=tiny_clip peft=qlora`.
 """
@@ -21,6 +22,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.checkpoint import load_vlm
     from vlmtune.model.compose import compose, template_key
     from vlmtune.model.hf_vlm import load_hf_vlm, resolve_template
+    from vlmtune.model.meta import image_tokens, meta_model, needs_meta
     from vlmtune.model.parts import model_type_at
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
 
@@ -32,6 +34,13 @@ def main(cfg: DictConfig) -> None:
         quantization = bnb_4bit_config(cfg.peft, model_type_at(cfg.init_from)) if qlora else None
         model, _ = load_vlm(cfg.init_from, quantization_config=quantization, what="init_from")
         source = [f"checkpoint  {cfg.init_from}"]
+    elif needs_meta(cfg.model):  # a hub id: its architecture on the meta device
+        model, where = meta_model(cfg.model)
+        template = resolve_template(cfg.model.template, model.config) if cfg.model.path else template_key(cfg.model)
+        source = [f"meta device: architecture of {cfg.model.path or cfg.model.vision.path + ' + ' + cfg.model.llm.path}"
+                  " (no weights read)", *(f"            {w}" for w in where)]
+        if not cfg.model.path:
+            source.append("(the tokenizer is not read: one embedding row per token vlmtune adds is not counted)")
     elif cfg.model.path:
         model, _ = load_hf_vlm(cfg.model)
         template = resolve_template(cfg.model.template, model.config)
@@ -43,6 +52,7 @@ def main(cfg: DictConfig) -> None:
                   f"{cfg.model.vision.select_strategy} tokens)",
                   f"llm         {cfg.model.llm.path}",
                   f"projector   {cfg.model.projector.name}"]
+    total = sum(param.numel() for param in model.parameters())  # before LoRA adds its own
     policy = cfg.policy
     if qlora and not cfg.init_from:  # sft saves the base first, then loads its LLM in 4-bit: count it as LoRA here
         source.append("(policy.llm.mode=qlora: sft loads the LLM in 4-bit; the table counts it unquantized)")
@@ -51,8 +61,8 @@ def main(cfg: DictConfig) -> None:
     config = model.config
     print("\n".join([
         *source,
-        f"model type  {config.model_type}; {getattr(config, 'image_seq_length', 'n/a')} image tokens per image; "
-        f"template {template}",
+        f"model type  {config.model_type}; {image_tokens(config)} image tokens per image; template {template}",
+        f"size        {total:,} parameters ({total / 1e9:.2f} B)",
         "",
         parameter_table(model, cfg.policy, cfg.optim, cfg.peft),
     ]))

@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune import tracking
     from vlmtune.data.streaming import check_streaming
     from vlmtune.data.training import training_data
+    from vlmtune.memory import preflight
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
@@ -39,6 +40,7 @@ def main(cfg: DictConfig) -> None:
     log.info("parameters:\n%s", parameters)
 
     captions = training_data(cfg.data, processor, run.dir)
+    preflight(model, processor, cfg, captions.report.lengths)  # memory per device; refuses a run that cannot fit
     if not captions.streamed:  # a stream's report is complete only when training ends
         run.record_data("train", captions.report)
     if run.tracker is not None:  # git sha, system, data fingerprint (in memory), parameter table: W&B summary

@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.streaming import check_streaming
     from vlmtune.data.training import training_data
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
+    from vlmtune.memory import preflight
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import model_path, prepare_for_training
@@ -64,6 +65,7 @@ def main(cfg: DictConfig) -> float | None:
     log.info("parameters:\n%s", parameters)
 
     train = training_data(cfg.data, processor, run.dir)
+    preflight(model, processor, cfg, train.report.lengths)  # memory per device; refuses a run that cannot fit
     if not train.streamed:  # a stream's report is complete only when training ends
         run.record_data("train", train.report)
     if run.tracker is not None:  # git sha, system, data fingerprint (in memory; blank images included), parameters

@@ -86,8 +86,9 @@ def test_fsdp_is_refused_on_a_cpu_machine_not_run_as_ddp(cache, tmp_path):
 
 def test_submitit_local_sweep_runs_each_trial_as_a_two_process_launch(pipeline, tmp_path):
     runs = tmp_path / "runs"
+    init = f"init_from={pipeline['pretrain'] / 'checkpoint'}"
     output = vlmtune("sft", "-m", "hydra/launcher=submitit_local", "optim.lr=1e-3,2e-3", "launcher=ddp",
-                     "launcher.num_processes=2", f"paths.runs={runs}", f"init_from={pipeline['pretrain'] / 'checkpoint'}",
+                     "launcher.num_processes=2", f"paths.runs={runs}", init,
                      "optim.max_steps=2", "optim.batch_size=2", "logger=none", "eval.batch_size=8",
                      "data.max_test_samples=4", timeout=900)
     sweeps = list(runs.glob("sft-sweep/*"))

@@ -244,6 +244,8 @@ class LauncherConfig:
     machine_rank: int = 0  # this machine's index, 0 .. num_machines - 1; machine 0 hosts the rendezvous
     main_process_ip: str | None = None  # machine 0's address, reachable from every machine (num_machines > 1)
     main_process_port: int = 29500  # a free TCP port on machine 0 for the rendezvous
+    preflight: bool = True  # estimate memory per device before training and refuse a run that cannot fit
+    device_memory_gb: float | None = None  # memory of one device for the preflight; None = the GPU's (CPU: RAM share)
     # The profile's accelerate config file settings: distributed_type and its deepspeed_config / fsdp_config.
     accelerate: dict[str, Any] = field(default_factory=lambda: {"distributed_type": "NO"})
 
