@@ -59,6 +59,15 @@ def image_tokens(config) -> int | str:
     return "n/a"
 
 
+def image_processor_at(where: str):
+    """The image processor kept beside an architecture (None when there is none: no activations to count)."""
+    from transformers import AutoImageProcessor
+
+    if not (Path(where) / "preprocessor_config.json").is_file():
+        return None
+    return AutoImageProcessor.from_pretrained(where)
+
+
 def meta_model(model_cfg):
     """(model on the meta device, where its architecture came from) for a conf `model` entry."""
     if model_cfg.path:
