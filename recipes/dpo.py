@@ -61,9 +61,10 @@ def main(cfg: DictConfig) -> float | None:
     fit_dpo(model, processor, to_preference_dataset(pairs), cfg, run.dir / "trainer", report_to=run.report_to,
             ref_model=ref_model)
 
-    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
         if is_main_process():
-            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)),
+                            weights)
             log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
     run.wait_for_everyone()
     metrics = None

@@ -55,9 +55,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
-    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
         if is_main_process():
-            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(), weights)
             log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
             if run.tracker is not None and cfg.logger.log_checkpoint:
                 tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={

@@ -80,9 +80,10 @@ def main(cfg: DictConfig) -> float | None:
     if train.streamed:
         run.record_data("train", train.report)
 
-    with full_weights(model):  # ZeRO-3: gathered on every rank, written by rank 0
+    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
         if is_main_process():
-            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)),
+                            weights)
             log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
             if run.tracker is not None and cfg.logger.log_checkpoint:
                 tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="sft", metadata={
