@@ -4,8 +4,10 @@ machine without a GPU (from outside and from inside a launch), and a sweep throu
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -115,3 +117,25 @@ def test_slurm_launcher_sizes_each_trial_from_the_launcher_profile(cache, tmp_pa
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 1, 8)
     assert launcher["signal_delay_s"] > 0 and launcher["max_num_timeout"] > 0
+
+
+def test_slurms_warning_signal_to_vlmtune_makes_the_ranks_checkpoint_and_stop(pipeline, tmp_path):
+    from vlmtune.train.fit import latest_complete_checkpoint
+
+    run_dir = tmp_path / "preempted"
+    command = [sys.executable, "-m", "vlmtune.cli", "sft", "launcher=ddp", "launcher.num_processes=2",
+               f"run_dir={run_dir}", f"init_from={pipeline['pretrain'] / 'checkpoint'}", "logger=none",
+               "evaluate_at_end=false", "optim.max_steps=2000", "optim.batch_size=2", "save_steps=0"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not (run_dir / "data_train.json").exists():  # written just before training starts
+        assert time.monotonic() < deadline and process.poll() is None, "training did not start"
+        time.sleep(0.2)
+    time.sleep(8)
+    process.send_signal(signal.SIGUSR2)  # what submitit asks SLURM to send before preemption or the time limit
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode != 0, "a preempted run does not report success"
+    assert "asking the ranks to write a checkpoint and stop" in output
+    saved = latest_complete_checkpoint(run_dir / "trainer")
+    assert saved is not None, output[-3000:]
+    assert 0 < int(saved.name.removeprefix("checkpoint-")) < 2000 and not (run_dir / "checkpoint").exists()

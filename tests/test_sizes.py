@@ -24,10 +24,12 @@ PUBLISHED = {
     "Qwen/Qwen2.5-0.5B-Instruct": 494e6, "Qwen/Qwen2.5-7B-Instruct": 7.62e9, "Qwen/Qwen3-0.6B": 0.6e9,
     "Qwen/Qwen3-8B": 8.2e9, "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71e9, "HuggingFaceTB/SmolLM2-360M-Instruct": 362e6,
     "lmsys/vicuna-7b-v1.5": 6.74e9, "google/gemma-2-2b-it": 2.61e9, "google/gemma-3-1b-it": 1.0e9,
+    # Vision towers: the papers' ViT-L 304 M, so400m 428 M (with its head), B/16 and B/14 "86 M" and ConvNeXt-B
+    # "88 M" (with its classifier) are rounder than the towers transformers builds: these are the towers' counts.
     "openai/clip-vit-large-patch14-336": 304e6, "google/siglip-so400m-patch14-384": 428e6,
-    "google/siglip-base-patch16-224": 93e6, "google/siglip2-base-patch16-224": 93e6, "facebook/dinov2-base": 86e6,
-    "facebook/dinov2-large": 304e6, "facebook/dinov2-with-registers-base": 86e6,
-    "google/vit-base-patch16-224-in21k": 86e6, "facebook/convnext-base-224-22k": 88e6,
+    "google/siglip-base-patch16-224": 92.9e6, "google/siglip2-base-patch16-224": 92.9e6,
+    "facebook/dinov2-base": 86.6e6, "facebook/dinov2-large": 304e6, "facebook/dinov2-with-registers-base": 86.6e6,
+    "google/vit-base-patch16-224-in21k": 86.4e6, "facebook/convnext-base-224-22k": 87.6e6,
 }
 # Needs timm, which does not import next to torch 2.13 CPU (see its conf entry): no architecture kept.
 UNKEPT = {"timm/convnext_base.fb_in22k_ft_in1k"}

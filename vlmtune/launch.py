@@ -6,8 +6,8 @@ config file (<run_dir>/accelerate_config.yaml) and re-executes the same recipe w
 processes itself: accelerate (torchrun, or DeepSpeed's launcher across machines) does.
 
 Signals: SIGTERM, SIGINT and SLURM's early-warning signals (USR1/USR2, used by submitit) reach the ranks as SIGTERM,
-which makes them write a step checkpoint and stop (vlmtune.train.fit); then a handler that was there before
-(submitit's requeue) runs.
+which makes them write a step checkpoint and stop (vlmtune.train.fit); once they have, a handler that was there
+before (submitit's checkpoint-and-requeue) runs.
 """
 
 from __future__ import annotations
@@ -135,11 +135,10 @@ def _ranks_of(process: subprocess.Popen) -> list[int]:
         return []
 
 
-def _forward_signals(process: subprocess.Popen) -> None:
-    """Pass preemption signals on to the ranks as SIGTERM (they checkpoint and stop), wait for them, then run the
-    handler that was installed before (submitit's checkpoint-and-requeue under SLURM)."""
-
-    previous = {}
+def _forward_signals(process: subprocess.Popen) -> list:
+    """Pass preemption signals on to the ranks as SIGTERM (they checkpoint and stop). Returns the list that the
+    signals received get appended to, with the handlers that were there before, to run once the ranks are done."""
+    received: list = []
 
     def handler(signum, frame):
         log.warning("signal %d: asking the ranks to write a checkpoint and stop", signum)
@@ -148,13 +147,11 @@ def _forward_signals(process: subprocess.Popen) -> None:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        process.wait()
-        before = previous.get(signum)
-        if callable(before):
-            before(signum, frame)
+        received.append((signum, frame, previous[signum]))
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        previous[signum] = signal.signal(signum, handler)
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+    return received
 
 
 def _fill_from_slurm(launcher) -> None:
@@ -198,11 +195,26 @@ def relaunch(cfg: DictConfig, script: str) -> Any:
              launcher.num_machines, " ".join(command))
     env = {**os.environ, LAUNCHED: "1", RESULT_FILE: str(result_file)}
     process = subprocess.Popen(command, env=env)
-    _forward_signals(process)
+    received = _forward_signals(process)
     code = process.wait()
+    for signum, frame, before in received:  # the ranks have checkpointed: now e.g. submitit's requeue
+        if callable(before):
+            before(signum, frame)
     if code != 0:
         raise SystemExit(code)
     return json.loads(result_file.read_text()) if result_file.exists() else None
+
+
+def _script(main) -> str:
+    """The recipe file to launch: where `main` was defined, or (a function submitit unpickled, whose code has no
+    file) recipes/<config name>.py, the name every recipe's config shares with its file."""
+    if Path(main.__code__.co_filename).is_file():
+        return main.__code__.co_filename
+    import importlib.util
+
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(Path(importlib.util.find_spec("recipes").origin).parent / f"{HydraConfig.get().job.config_name}.py")
 
 
 def launching(main):
@@ -218,7 +230,7 @@ def launching(main):
                 Path(os.environ[RESULT_FILE]).write_text(json.dumps(result))
             return result
         if _needs_launch(cfg.launcher):
-            return relaunch(cfg, main.__code__.co_filename)
+            return relaunch(cfg, _script(main))
         return main(cfg)
 
     return wrapper
