@@ -8,6 +8,7 @@ Writes <run_dir>/predictions.jsonl, <run_dir>/metrics.json and <run_dir>/results
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 from vlmtune.launch import launching
 
@@ -27,4 +28,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -15,7 +15,7 @@ import torch
 from conftest import FAST, REPO, vlmtune
 from safetensors.torch import load_file
 
-from vlmtune.train.fit import latest_complete_checkpoint
+from vlmtune.train.checkpoints import latest_complete_checkpoint
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (make install installs it)")
 

@@ -120,7 +120,7 @@ def test_slurm_launcher_sizes_each_trial_from_the_launcher_profile(cache, tmp_pa
 
 
 def test_slurms_warning_signal_to_vlmtune_makes_the_ranks_checkpoint_and_stop(pipeline, tmp_path):
-    from vlmtune.train.fit import latest_complete_checkpoint
+    from vlmtune.train.checkpoints import latest_complete_checkpoint
 
     run_dir = tmp_path / "preempted"
     command = [sys.executable, "-m", "vlmtune.cli", "sft", "launcher=ddp", "launcher.num_processes=2",

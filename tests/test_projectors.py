@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 
 from vlmtune.config import LLMConfig, ModelConfig, ProjectorConfig, VisionConfig
+from vlmtune.errors import ConfigError
 from vlmtune.model.checkpoint import load_vlm, save_checkpoint
 from vlmtune.model.compose import compose
 from vlmtune.model.projectors import PROJECTORS
@@ -65,7 +66,7 @@ def test_declared_counts():
 
 
 def test_unknown_projector_lists_valid_keys():
-    with pytest.raises(KeyError, match=r"model\.projector\.name='mlp_2x'.*linear, mlp, mlp2x_gelu"):
+    with pytest.raises(ConfigError, match=r"model\.projector\.name='mlp_2x'.*linear, mlp, mlp2x_gelu"):
         PROJECTORS.get("mlp_2x")
 
 

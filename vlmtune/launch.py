@@ -6,7 +6,7 @@ config file (<run_dir>/accelerate_config.yaml) and re-executes the same recipe w
 processes itself: accelerate (torchrun, or DeepSpeed's launcher across machines) does.
 
 Signals: SIGTERM, SIGINT and SLURM's early-warning signals (USR1/USR2, used by submitit) reach the ranks as SIGTERM,
-which makes them write a step checkpoint and stop (vlmtune.train.fit); once they have, a handler that was there
+which makes them write a step checkpoint and stop (vlmtune.train.preemption); once they have, a handler that was there
 before (submitit's checkpoint-and-requeue) runs.
 """
 
@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from vlmtune.errors import ConfigError
+
 log = logging.getLogger("vlmtune")
 
 LAUNCHED = "VLMTUNE_LAUNCHED"  # set for the ranks of a launch this module started
@@ -32,7 +34,7 @@ RESULT_FILE = "VLMTUNE_RESULT_FILE"  # where rank 0 writes the recipe's return v
 SHARDED = ("DEEPSPEED", "FSDP")
 
 
-class LaunchError(ValueError):
+class LaunchError(ConfigError):
     """A launcher profile that cannot run as configured (on this machine, with these settings)."""
 
 
@@ -109,7 +111,7 @@ def accelerate_config(launcher, mixed_precision: str = "no") -> dict[str, Any]:
 def _mixed_precision(cfg) -> str:
     if not hasattr(cfg, "optim"):
         return "no"
-    from vlmtune.train.fit import precision_flags
+    from vlmtune.train.trainer import precision_flags
 
     bf16, fp16 = precision_flags(cfg.optim.precision)
     return "bf16" if bf16 else "fp16" if fp16 else "no"

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from vlmtune.errors import ConfigError
+
 log = logging.getLogger("vlmtune")
 
 GIB = 2**30
@@ -251,7 +253,7 @@ def device_capacity(launcher) -> int:
     return psutil.virtual_memory().total // max(1, launcher.num_processes // launcher.num_machines)
 
 
-class WontFit(MemoryError):
+class WontFit(ConfigError):
     """The run needs more memory per device than a device has."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlmtune.errors import ConfigError
 from vlmtune.registry import Registry
 
 Grid = tuple[int, int]  # (rows, columns) of patch tokens
@@ -48,7 +49,7 @@ def mlp(in_dim: int, out_dim: int, depth: int, activation: str) -> nn.Sequential
     from transformers.activations import ACT2FN
 
     if depth < 1:
-        raise ValueError(f"model.projector.depth must be at least 1, got {depth}")
+        raise ConfigError(f"model.projector.depth must be at least 1, got {depth}")
     layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     for _ in range(depth - 1):
         layers += [ACT2FN[activation], nn.Linear(out_dim, out_dim)]
@@ -84,8 +85,8 @@ def _to_map(features: torch.Tensor, grid: Grid) -> torch.Tensor:
     """(images, rows * cols, dim) tokens -> (images, dim, rows, cols) map."""
     images, tokens, dim = features.shape
     if tokens != grid[0] * grid[1]:
-        raise ValueError(f"{tokens} vision tokens do not form the {grid[0]}x{grid[1]} patch grid this projector "
-                         "merges: use model.vision.select_strategy=patches (or default) to drop CLS/register tokens")
+        raise ConfigError(f"{tokens} vision tokens do not form the {grid[0]}x{grid[1]} patch grid this projector "
+                          "merges: use model.vision.select_strategy=patches (or default) to drop CLS/register tokens")
     return features.transpose(1, 2).reshape(images, dim, *grid)
 
 
@@ -171,8 +172,8 @@ class _QueryProjector(Projector):
     def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
         super().__init__(in_dim, out_dim, options)
         if out_dim % options["num_heads"]:
-            raise ValueError(f"model.projector.num_heads={options['num_heads']} must divide the LLM hidden size "
-                             f"{out_dim}")
+            raise ConfigError(f"model.projector.num_heads={options['num_heads']} must divide the LLM hidden size "
+                              f"{out_dim}")
         self.queries = nn.Parameter(torch.randn(options["num_queries"], out_dim) * out_dim**-0.5)
         self.inp = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)
