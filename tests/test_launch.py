@@ -120,20 +120,26 @@ def test_slurm_launcher_sizes_each_trial_from_the_launcher_profile(cache, tmp_pa
 
 
 def test_slurms_warning_signal_to_vlmtune_makes_the_ranks_checkpoint_and_stop(pipeline, tmp_path):
+    import threading
+
     from vlmtune.train.checkpoints import latest_complete_checkpoint
 
     run_dir = tmp_path / "preempted"
     command = [sys.executable, "-m", "vlmtune.cli", "sft", "launcher=ddp", "launcher.num_processes=2",
                f"run_dir={run_dir}", f"init_from={pipeline['pretrain'] / 'checkpoint'}", "logger=none",
-               "evaluate_at_end=false", "optim.max_steps=2000", "optim.batch_size=2", "save_steps=0"]
+               "evaluate_at_end=false", "optim.max_steps=2000", "optim.batch_size=2", "save_steps=0", "logging_steps=1"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 600
-    while not (run_dir / "data_train.json").exists():  # written just before training starts
+    while not any("'loss'" in line for line in list(lines)):  # a step has been logged: training runs
         assert time.monotonic() < deadline and process.poll() is None, "training did not start"
         time.sleep(0.2)
-    time.sleep(8)
     process.send_signal(signal.SIGUSR2)  # what submitit asks SLURM to send before preemption or the time limit
-    output, _ = process.communicate(timeout=600)
+    process.wait(timeout=600)
+    reader.join(timeout=60)
+    output = "".join(lines)
     assert process.returncode != 0, "a preempted run does not report success"
     assert "asking the ranks to write a checkpoint and stop" in output
     saved = latest_complete_checkpoint(run_dir / "trainer")

@@ -137,9 +137,10 @@ def _ranks_of(process: subprocess.Popen) -> list[int]:
         return []
 
 
-def _forward_signals(process: subprocess.Popen) -> list:
+def _forward_signals(process: subprocess.Popen) -> tuple[list, dict]:
     """Pass preemption signals on to the ranks as SIGTERM (they checkpoint and stop). Returns the list that the
-    signals received get appended to, with the handlers that were there before, to run once the ranks are done."""
+    signals received get appended to (with the handler that was there before, to run once the ranks are done) and
+    the handlers to put back afterwards."""
     received: list = []
 
     def handler(signum, frame):
@@ -153,7 +154,7 @@ def _forward_signals(process: subprocess.Popen) -> list:
 
     previous = {signum: signal.signal(signum, handler)
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
-    return received
+    return received, previous
 
 
 def _fill_from_slurm(launcher) -> None:
@@ -197,8 +198,10 @@ def relaunch(cfg: DictConfig, script: str) -> Any:
              launcher.num_machines, " ".join(command))
     env = {**os.environ, LAUNCHED: "1", RESULT_FILE: str(result_file)}
     process = subprocess.Popen(command, env=env)
-    received = _forward_signals(process)
+    received, previous = _forward_signals(process)
     code = process.wait()
+    for signum, before in previous.items():  # e.g. the next trial of a sweep in this process installs its own
+        signal.signal(signum, before)
     for signum, frame, before in received:  # the ranks have checkpointed: now e.g. submitit's requeue
         if callable(before):
             before(signum, frame)
