@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.errors import ConfigError
+
 ARCHITECTURES = Path(__file__).parent / "architectures"
 
 
@@ -28,7 +30,7 @@ def architecture_dir(path: str, key: str) -> str:
     kept = ARCHITECTURES / path
     if not (kept / "config.json").is_file():
         known = sorted(str(p.parent.relative_to(ARCHITECTURES)) for p in ARCHITECTURES.rglob("config.json"))
-        raise FileNotFoundError(f"{key}={path}: not a local directory, and vlmtune keeps no architecture for that hub "
+        raise ConfigError(f"{key}={path}: not a local directory, and vlmtune keeps no architecture for that hub "
                                 f"id (kept: {', '.join(known)}). Download the checkpoint (or just its config.json and "
                                 "preprocessor_config.json) and give its directory.")
     return str(kept)
