@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, run_cli, vlmtune
+from conftest import REPO, vlmtune
 from hydra import compose, initialize_config_dir
 
 from vlmtune.hydra_setup import setup
@@ -110,13 +110,16 @@ def test_submitit_local_sweep_runs_each_trial_as_a_two_process_launch(pipeline, 
         assert json.loads((run_dir / ".launch_result.json").read_text()) == metrics["accuracy"]
 
 
-def test_slurm_launcher_sizes_each_trial_from_the_launcher_profile(cache, tmp_path):
-    output = run_cli(sys.executable, "recipes/sft.py", "-m", "hydra/launcher=slurm", "launcher=zero3",
-                     "launcher.num_processes=16", "launcher.num_machines=2", "--cfg", "hydra", "-p", "hydra.launcher")
-    launcher = yaml.safe_load(output)
-    assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 1, 8)
-    assert launcher["signal_delay_s"] > 0 and launcher["max_num_timeout"] > 0
+def test_slurm_launcher_sizes_each_trial_from_the_launcher_profile():
+    setup()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sft", overrides=["run_dir=unused", "hydra/launcher=slurm", "launcher=zero3",
+                                        "launcher.num_processes=16", "launcher.num_machines=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 1, 8)
+    assert launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0
 
 
 def test_slurms_warning_signal_to_vlmtune_makes_the_ranks_checkpoint_and_stop(pipeline, tmp_path):
