@@ -1,7 +1,8 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU ranks (gloo), launched the way users launch them (`vlmtune <recipe>
 launcher=zero3 launcher.num_processes=2`): each recipe ends with the weights of one process taking the same global
 batch, writes a checkpoint that plain transformers loads, and a run killed with SIGKILL resumes exactly from its
-sharded step checkpoints."""
+sharded step checkpoints. `make install` installs DeepSpeed; without it these fail (launcher=zero* says how to
+install it), never skip."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ import sys
 import time
 
 import psutil
-import pytest
 import torch
 from conftest import FAST, REPO, vlmtune
 from safetensors.torch import load_file
 
 from vlmtune.train.checkpoints import latest_complete_checkpoint
-
-pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (make install installs it)")
 
 QUIET = ["logger=none", "evaluate_at_end=false"]
 
