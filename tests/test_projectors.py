@@ -39,10 +39,6 @@ def _projector(name: str, **overrides) -> ProjectorConfig:
     return ProjectorConfig(**{**_yaml("projector", name), "num_queries": 6, **overrides})
 
 
-def _options(config: ProjectorConfig) -> dict:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}
-
-
 def test_conf_projectors_are_the_registry():
     assert PROJECTOR_NAMES == sorted(PROJECTORS)
 
@@ -51,7 +47,7 @@ def test_conf_projectors_are_the_registry():
 @pytest.mark.parametrize("grid", [(3, 3), (4, 4), (5, 7), (24, 24)])
 def test_token_count_contract(name, grid):
     """What a projector declares is what it emits, for grids its scale does and does not divide."""
-    projector = PROJECTORS.get(name)(40, 32, _options(_projector(name)))
+    projector = PROJECTORS.get(name)(40, 32, _projector(name))
     features = torch.randn(2, grid[0] * grid[1], 40)
     out = projector(features, grid)
     assert out.shape == (2, projector.output_tokens(grid[0] * grid[1], grid), 32)
@@ -61,7 +57,7 @@ def test_declared_counts():
     expected = {"linear": 81, "mlp": 81, "mlp2x_gelu": 81, "pixel_shuffle": 25, "conv_downsampler": 25,
                 "resampler": 6, "qformer": 6}
     for name, tokens in expected.items():
-        projector = PROJECTORS.get(name)(8, 8, _options(_projector(name, num_heads=2)))
+        projector = PROJECTORS.get(name)(8, 8, _projector(name, num_heads=2))
         assert projector.output_tokens(81, (9, 9)) == tokens, name
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +180,15 @@ def test_config_choices_are_the_libraries_values_and_refuse_others():
     optim.precision = "bf16"
     typed = OmegaConf.to_object(optim)
     assert typed.precision == "bf16" and f"{typed.precision}" == "bf16"  # a choice is its own string
+
+
+def test_lora_targets_live_in_conf_and_are_peft_configs_defaults():
+    import yaml
+
+    from vlmtune.config import PeftConfig
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    targets = yaml.safe_load((conf / "lora_targets.yaml").read_text())["peft"]
+    assert targets == {"target": PeftConfig.target, "vision_target": PeftConfig.vision_target}
+    for entry in (conf / "peft").glob("*.yaml"):
+        assert "/lora_targets" in yaml.safe_load(entry.read_text())["defaults"], entry.name

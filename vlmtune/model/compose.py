@@ -7,7 +7,7 @@ projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -221,7 +221,6 @@ def blueprint(cfg: ModelConfig, meta: bool = False) -> Blueprint:
     _require_local(cfg.vision.path, "model.vision.path")
     _require_local(cfg.llm.path, "model.llm.path")
     dtype = getattr(torch, cfg.dtype)
-    options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
     projector_class = PROJECTORS.get(cfg.projector.name)
     _check_feature_layer(cfg.vision)
 
@@ -237,7 +236,7 @@ def blueprint(cfg: ModelConfig, meta: bool = False) -> Blueprint:
     # A declaration on the meta device (its token count, whether it needs the grid): no weights are drawn here, so
     # the real projector built in `compose` gets the same random init whatever ran before it.
     with torch.device("meta"):
-        projector = projector_class(probe.feature_dim, llm_config.hidden_size, options)
+        projector = projector_class(probe.feature_dim, llm_config.hidden_size, cfg.projector)
     if projector.needs_grid and probe.tokens != probe.grid[0] * probe.grid[1]:
         raise ConfigError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
                           f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
@@ -283,10 +282,9 @@ def compose(cfg: ModelConfig, meta: bool = False):
         config = LlavaConfig(**common, vision_feature_select_strategy=parts.llava_strategy)
         model_class = LlavaForConditionalGeneration
     else:
-        options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
         config = VlmtuneConfig(**common, vision_feature_select_strategy=cfg.vision.select_strategy,
                                vision_prefix_tokens=probe.prefix_tokens, vision_grid=list(probe.grid),
-                               vision_feature_dim=probe.feature_dim, projector=options)
+                               vision_feature_dim=probe.feature_dim, projector=asdict(cfg.projector))
         model_class = VlmtuneForConditionalGeneration
     # Build the shell on the meta device and move the loaded parts in: no second copy of the weights in memory.
     with torch.device("meta"):
@@ -301,7 +299,7 @@ def compose(cfg: ModelConfig, meta: bool = False):
             projector = LlavaMultiModalProjector(config)
     else:
         with torch.device("meta") if meta else nullcontext():
-            projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, parts.projector.options)
+            projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, cfg.projector)
     model.model.multi_modal_projector = projector.to(dtype)
     if meta:
         return model, None
