@@ -135,7 +135,7 @@ CASES = {
     # checkpoints
     "missing_init_from": (_sft("init_from={root}/no_such_checkpoint"), "no_such_checkpoint"),
     "not_a_checkpoint": (["evaluate", "logger=none", "checkpoint={not_a_checkpoint}"], "not_a_checkpoint"),
-    "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "model.safetensors"),
+    "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "truncated_checkpoint"),
     "adapter_base_moved": (["evaluate", "logger=none", "checkpoint={moved_adapter}"], "the_base_that_moved"),
     "quantized_to_export": (["export", "checkpoint={quantized}"], "not an adapter directory"),
     "resume_missing": (_sft("resume={root}/no_such_step", "init_from={pretrain}"), "resume="),
