@@ -101,8 +101,10 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
-    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically."""
+def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any],
+                    state_dict: dict[str, Any] | None = None) -> Path:
+    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically. `state_dict`: the
+    weights to write instead of the model's own (gathered from FSDP2 shards: vlmtune.train.sharded)."""
 
     from vlmtune.quantize import quantization_summary
 
@@ -110,7 +112,7 @@ def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any])
     config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         processor.save_pretrained(tmp)
         full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
                 "versions": library_versions()}
