@@ -157,6 +157,35 @@ def _forward_signals(process: subprocess.Popen) -> tuple[list, dict]:
     return received, previous
 
 
+class _LauncherErrors:
+    """Passes the launch's stderr (the ranks' and the launcher's) through as it comes, except tracebacks, which are
+    held until the launch ends: when a rank stopped on an error the user can fix (its one `error:` line went
+    through), the launcher's own report of the failed ranks (torch elastic's ChildFailedError traceback) is dropped,
+    since it would read as a crash; otherwise everything held is printed."""
+
+    def __init__(self, stream) -> None:
+        import threading
+
+        self.held: list[str] = []
+        self.user_error = False
+        self._thread = threading.Thread(target=self._relay, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _relay(self, stream) -> None:
+        for line in stream:
+            self.user_error = self.user_error or line.startswith("error: ")
+            if self.held or line.startswith("Traceback (most recent call last)") or " failed (exitcode: " in line:
+                self.held.append(line)
+            else:
+                sys.stderr.write(line)
+
+    def finish(self, failed: bool) -> None:
+        self._thread.join(timeout=30)
+        if not (failed and self.user_error):
+            sys.stderr.writelines(self.held)
+        sys.stderr.flush()
+
+
 def _fill_from_slurm(launcher) -> None:
     """A multi-node SLURM job (conf/hydra/launcher/slurm.yaml, one task per node): this node's machine_rank and the
     first node's address, unless given."""
@@ -197,16 +226,18 @@ def relaunch(cfg: DictConfig, script: str) -> Any:
     log.info("launcher=%s: %d processes on %d machine(s): %s", launcher.name, launcher.num_processes,
              launcher.num_machines, " ".join(command))
     env = {**os.environ, LAUNCHED: "1", RESULT_FILE: str(result_file)}
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    relay = _LauncherErrors(process.stderr)
     received, previous = _forward_signals(process)
     code = process.wait()
+    relay.finish(failed=code != 0)
     for signum, before in previous.items():  # e.g. the next trial of a sweep in this process installs its own
         signal.signal(signum, before)
     for signum, frame, before in received:  # the ranks have checkpointed: now e.g. submitit's requeue
         if callable(before):
             before(signum, frame)
     if code != 0:
-        raise SystemExit(code)
+        raise SystemExit(1 if relay.user_error else code)
     return json.loads(result_file.read_text()) if result_file.exists() else None
 
 
