@@ -149,6 +149,7 @@ def test_vlmtune_checkpoint_loads_through_auto_classes(tiny, tmp_path):
     script = f"""
 import torch, vlmtune
 from transformers import AutoModelForImageTextToText, AutoProcessor
+vlmtune.register_auto_classes()
 model = AutoModelForImageTextToText.from_pretrained({str(tmp_path / 'checkpoint')!r}).eval()
 processor = AutoProcessor.from_pretrained({str(tmp_path / 'checkpoint')!r})
 assert type(model).__name__ == "VlmtuneForConditionalGeneration", type(model)
