@@ -136,7 +136,8 @@ def test_mixed_batch_matches_samples_alone(tiny):
 
 
 def test_vlmtune_checkpoint_loads_through_auto_classes(tiny, tmp_path):
-    """A vlmtune-typed checkpoint loads in a fresh process that only does `import vlmtune` + the Auto classes."""
+    """A vlmtune-typed checkpoint loads in a fresh process that only calls `vlmtune.register_auto_classes()` and the
+    Auto classes."""
     cfg = ModelConfig(vision=_vision(tiny, "tiny_clip"), llm=LLMConfig(path=str(tiny / "llm" / "llama")),
                       projector=_projector("pixel_shuffle"))
     model, processor = compose(cfg)
