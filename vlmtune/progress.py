@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from vlmtune.runs import is_main_process
+from vlmtune.processes import is_main_process
 
 log = logging.getLogger("vlmtune")
 
