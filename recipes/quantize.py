@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.base import full_checkpoint
     from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.parts import model_type_at
+    from vlmtune.progress import track
     from vlmtune.quantize import bnb_config, checkpoint_bytes, variant_name
     from vlmtune.runs import log, start_run
 
@@ -34,7 +35,7 @@ def main(cfg: DictConfig) -> None:
     records = held_out_records(cfg.data, run.dir)
     model_type = model_type_at(source)  # which modules stay in full precision depends on the architecture
     table = []
-    for bits in [None, *cfg.bits]:
+    for bits in track([None, *cfg.bits], "quantization", "variants"):
         name = variant_name(bits, cfg.quant_type)
         quantization = None if bits is None else bnb_config(bits, cfg.quant_type, model_type=model_type)
         model, processor = load_vlm(source, quantization_config=quantization)

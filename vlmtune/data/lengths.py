@@ -9,12 +9,14 @@ counted in the report, so nothing is ever cut inside an image block.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.images import load_image
+from vlmtune.progress import progress, track
 
 MEASURE_VERSION = 1  # bump when `measure` changes, so cached lengths are recomputed
 
@@ -74,7 +76,7 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
     reads the lengths back instead of tokenizing again.
     """
     if cache_dir is None:
-        return [measure(sample, processor, per_image) for sample in samples]
+        return [measure(sample, processor, per_image) for sample in track(samples, "measuring samples", "samples")]
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
@@ -85,12 +87,18 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
                        type(processor).__name__, MEASURE_VERSION])
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
-    def measure_row(row: dict[str, Any]) -> dict[str, int]:
-        length, supervised = measure(samples[row["index"]], processor, per_image)
-        return {"length": length, "supervised": supervised}
+    cache_file = Path(cache_dir) / f"lengths-{key}.arrow"
+    # Progress only when measuring: lengths read back from the cache take no time worth watching.
+    cached = cache_file.exists()
+    with contextlib.nullcontext() if cached else progress(len(samples), "measuring samples", "samples") as bar:
 
-    measured = table.map(measure_row, remove_columns=["sample"], new_fingerprint=key,
-                         cache_file_name=str(Path(cache_dir) / f"lengths-{key}.arrow"), load_from_cache_file=True)
+        def measure_row(row: dict[str, Any]) -> dict[str, int]:
+            length, supervised = measure(samples[row["index"]], processor, per_image)
+            bar.update(1)
+            return {"length": length, "supervised": supervised}
+
+        measured = table.map(measure_row, remove_columns=["sample"], new_fingerprint=key,
+                             cache_file_name=str(cache_file), load_from_cache_file=True)
     return list(zip(measured["length"], measured["supervised"], strict=True))
 
 

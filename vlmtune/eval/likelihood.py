@@ -16,6 +16,7 @@ import torch
 
 from vlmtune.data.images import load_image
 from vlmtune.data.lengths import _with_images
+from vlmtune.progress import track
 
 
 @torch.no_grad()
@@ -48,7 +49,8 @@ def likelihood(model, processor, samples: Sequence[dict[str, Any]], state=None) 
     model.eval()
 
     def local(shard):
-        return [{"id": s["id"], "nll": nll, "tokens": n} for s in shard for nll, n in [sample_nll(model, processor, s)]]
+        return [{"id": s["id"], "nll": nll, "tokens": n} for s in track(shard, "likelihood", "samples", leave=None)
+                for nll, n in [sample_nll(model, processor, s)]]
 
     if state is None or state.num_processes == 1:
         rows = local(samples)

@@ -96,8 +96,8 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
         + (" (a PEFT adapter: `PeftModel.from_pretrained` on its base)." if hasattr(model, "peft_config") else "."),
     ]
     if config.model_type == "vlmtune":
-        lines.append("Run `import vlmtune` first: it registers the `vlmtune` model type with the Auto classes "
-                     "(`pip install vlmtune`; no `trust_remote_code`).")
+        lines.append("Run `import vlmtune; vlmtune.register_auto_classes()` first: it registers the `vlmtune` model "
+                     "type with the Auto classes (`pip install vlmtune`; no `trust_remote_code`).")
     return "\n".join(lines) + "\n"
 
 
@@ -159,8 +159,10 @@ def load_vlm(
     `device` places the model: a full checkpoint is loaded straight onto it (bitsandbytes weights are quantized
     for, and stay on, the device they were loaded to), a merged adapter is moved there.
     """
+    from vlmtune import register_auto_classes
     from vlmtune.compat import allow_missing_video_processor
 
+    register_auto_classes()  # `vlmtune` checkpoints load through the Auto classes too
     allow_missing_video_processor()  # Qwen2-VL's processor without torchvision
     if _looks_local(path):
         _require_dir(path, what)

@@ -273,7 +273,8 @@ def _gradient_checkpointing(model, policy: PolicyConfig, parts: dict[str, str]) 
             if not getattr(module, "supports_gradient_checkpointing", False):
                 raise PolicyError(f"policy.{part}.gradient_checkpointing=true: {type(module).__name__} does not "
                                   "support gradient checkpointing")
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5's name; `gradient_checkpointing_enable` is its deprecated alias (FutureWarning)
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def param_groups(model, policy: PolicyConfig, optim: OptimConfig, decay_names: set[str]) -> list[dict]:
