@@ -64,37 +64,19 @@ def test_evaluation_shows_a_bar_on_a_terminal_and_plain_lines_in_a_log(tiny, sha
     assert not any(mark in logged for mark in TERMINAL_ONLY), logged[-3000:]
 
 
-TRAIN = """
-import sys
-import torch
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-from transformers.utils import logging
+def test_training_shows_a_bar_with_the_running_loss_on_a_terminal_and_loss_lines_in_a_log(tiny, shapes, tmp_path):
+    # The recipes' shared trainer layer (vlmtune.train.trainer) installs the report: a real `vlmtune pretrain`.
+    def pretrain(run_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "vlmtune.cli", "pretrain", f"run_dir={run_dir}", "logger=none",
+                "optim.max_steps=4", "optim.batch_size=4", "logging_steps=1"]
 
-from vlmtune.progress import watch_training
-
-logging.disable_progress_bar()  # the weight-loading bar, as vlmtune's recipes do (vlmtune.runs.start_run)
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
-rows = Dataset.from_list([{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [1, 2, 3, 4, 5, 6]}] * 8)
-args = TrainingArguments(output_dir=sys.argv[2], max_steps=4, per_device_train_batch_size=2, logging_steps=1,
-                         use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
-trainer = Trainer(model=model, args=args, train_dataset=rows)
-watch_training(trainer)
-trainer.train()
-"""
-
-
-def test_training_shows_transformers_bar_with_the_running_loss_on_a_terminal(tiny, tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN)
-    command = [sys.executable, str(script), str(tiny / "llm" / "llama"), str(tmp_path / "out")]
-    on_terminal = run_in_terminal(*command)
+    on_terminal = run_in_terminal(*pretrain(tmp_path / "terminal"))
     bars = [line for line in on_terminal.split("\r") if line.startswith("training:")]
     assert any(BAR.search(line) and "loss=" in line for line in bars), on_terminal[-3000:]
     assert re.search(r"4/4 \[\d\d:\d\d<00:00", bars[-1]), bars[-1]
 
-    logged = run_cli(*command)
-    assert len(re.findall(r"\{'loss': '[\d.]+'", logged)) == 4, logged[-3000:]  # the Trainer's lines, as before
+    logged = run_cli(*pretrain(tmp_path / "log"))
+    assert len(re.findall(r"\{'loss': '[\d.]+'", logged)) == 4, logged[-3000:]  # the Trainer's lines
     assert not any(mark in logged for mark in TERMINAL_ONLY), logged[-3000:]
 
 
