@@ -47,7 +47,7 @@ def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _turns_from_to_messages(turns, where: str) -> list[dict[str, Any]]:
+def turns_to_messages(turns, where: str) -> list[dict[str, Any]]:
     """LLaVA / ShareGPT `{"from", "value"}` turns -> messages."""
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: 'conversations' must be a non-empty list of {{from, value}} turns", "bad_format")
@@ -63,13 +63,13 @@ def _turns_from_to_messages(turns, where: str) -> list[dict[str, Any]]:
 
 @FORMATS.register("llava")
 def from_llava(record: dict[str, Any], where: str) -> dict[str, Any]:
-    return {"messages": _turns_from_to_messages(record.get("conversations"), where),
+    return {"messages": turns_to_messages(record.get("conversations"), where),
             "images": _as_list(record.get("image"))}
 
 
 @FORMATS.register("sharegpt")
 def from_sharegpt(record: dict[str, Any], where: str) -> dict[str, Any]:
-    messages = _turns_from_to_messages(record.get("conversations"), where)
+    messages = turns_to_messages(record.get("conversations"), where)
     if isinstance(record.get("system"), str) and record["system"]:
         messages.insert(0, {"role": "system", "content": text_parts(record["system"])})
     return {"messages": messages, "images": _as_list(record.get("images"))}
@@ -149,7 +149,7 @@ def _check_turns(messages: list[dict[str, Any]], where: str) -> None:
                             "placeholder_mismatch")
 
 
-def _resolve(image, image_root: Path):
+def resolve_image(image, image_root: Path):
     """Join a relative path with the image root; leave bytes, PIL images and absolute paths alone."""
     if isinstance(image, str) and not Path(image).is_absolute() and "://" not in image:
         return str(image_root / image)
@@ -168,7 +168,7 @@ def to_sample(record: Any, fmt: str, where: str, image_root: Path) -> dict[str, 
     if placeholders != len(converted["images"]):
         raise DataError(f"{where}: {placeholders} {PLACEHOLDER} placeholder(s) but {len(converted['images'])} "
                         "image(s): every image needs exactly one placeholder where it goes", "placeholder_mismatch")
-    images = [_resolve(image, image_root) for image in converted["images"]]
+    images = [resolve_image(image, image_root) for image in converted["images"]]
     for image in images:
         if isinstance(image, str) and "://" in image:
             raise DataError(f"{where}: image {image} is a URL; download images first (vlmtune never fetches "

@@ -37,7 +37,7 @@ def measure(sample: dict[str, Any], processor, per_image: int | None) -> tuple[i
     if per_image is None:  # image-dependent expansion: run the processor itself on the decoded images
         images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
         out = processor.apply_chat_template(
-            [_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+            [with_images(sample["messages"], images)], tokenize=True, return_dict=True,
             return_assistant_tokens_mask=True,
         )
         return len(out["input_ids"][0]), int(sum(out["assistant_masks"][0]))
@@ -49,7 +49,7 @@ def measure(sample: dict[str, Any], processor, per_image: int | None) -> tuple[i
     return len(out["input_ids"]) + len(sample["images"]) * (per_image - 1), int(sum(out["assistant_masks"]))
 
 
-def _with_images(messages: list[dict], images: list) -> list[dict]:
+def with_images(messages: list[dict], images: list) -> list[dict]:
     """Messages whose image parts carry the decoded images, as processors' apply_chat_template expects."""
     remaining = iter(images)
     return [{**m, "content": [{"type": "image", "image": next(remaining)} if p["type"] == "image" else p

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vlmtune.data.images import load_image
-from vlmtune.data.lengths import _with_images
+from vlmtune.data.lengths import with_images
 from vlmtune.progress import track
 
 
@@ -35,7 +35,7 @@ def next_token_log_probs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.
 def sample_nll(model, processor, sample: dict[str, Any]) -> tuple[float, int]:
     """(summed NLL of the assistant tokens, number of them) for one sample."""
     images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
-    out = processor.apply_chat_template([_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+    out = processor.apply_chat_template([with_images(sample["messages"], images)], tokenize=True, return_dict=True,
                                         return_tensors="pt", return_assistant_tokens_mask=True)
     device = next(model.parameters()).device
     mask = torch.as_tensor(out.pop("assistant_masks")).bool().to(device)

@@ -23,7 +23,7 @@ import torch
 from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig
 from vlmtune.errors import PolicyError
 from vlmtune.model.parts import PART_NAMES, parts_of
-from vlmtune.model.parts import part_of as _part_of
+from vlmtune.model.parts import part_of as part_at_path
 from vlmtune.train.reach import unused_vision_parameters
 
 log = logging.getLogger("vlmtune")
@@ -34,7 +34,7 @@ VISION_PLACEHOLDER = "{vision}"  # in peft.vision_target
 
 def part_of(name: str, parts: dict[str, str] | None = None) -> str:
     """Which part a parameter name belongs to (PEFT prefixes names with base_model.model.); Llava layout default."""
-    return _part_of(name, parts or parts_of("llava"))
+    return part_at_path(name, parts or parts_of("llava"))
 
 
 def _modes(policy: PolicyConfig) -> dict[str, str]:
