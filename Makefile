@@ -6,14 +6,22 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on this machine's disk; a range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,optuna]"
+	$(BIN)/python -m pip install --quiet -e ".[test,optuna,serve,quanto,autoround]"
+	# torchao beside the venv, not in it: installed, every transformers import loads it (~1 s, warnings). The tests
+	# and docs/quantize.md put it on PYTHONPATH where it is used.
+	$(BIN)/python -m pip install --quiet --no-deps --target .extras/torchao "torchao==0.18.0"
+
+# Debian's Chromium for the `vlmtune serve` browser test (Playwright drives it; its own browser download cannot
+# run offline). Needs root and apt; skipped when chromium is already there.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo:
 	$(BIN)/vlmtune demo

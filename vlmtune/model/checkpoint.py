@@ -104,11 +104,16 @@ def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any])
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        full = {**provenance, "git_sha": git_sha(), "versions": library_versions()}
-        (tmp / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
-        (tmp / "README.md").write_text(_model_card(model, full))
+        write_card_and_provenance(model, tmp, provenance)
 
     return write_atomically(Path(out_dir), write)
+
+
+def write_card_and_provenance(model, out_dir: Path, provenance: dict[str, Any]) -> None:
+    """The model card (README.md) and vlmtune.json (config, git sha, library versions) of a checkpoint."""
+    full = {**provenance, "git_sha": git_sha(), "versions": library_versions()}
+    (out_dir / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
+    (out_dir / "README.md").write_text(_model_card(model, full))
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -118,6 +123,12 @@ def is_adapter(path: str | Path) -> bool:
 def part_adapters(path: str | Path) -> list[str]:
     """Names of the further adapters an adapter directory holds (peft saves adapter "x" in its x/ folder)."""
     return sorted(sub.name for sub in Path(path).iterdir() if (sub / ADAPTER_CONFIG).exists())
+
+
+def quantized_by_quanto(path: str | Path) -> bool:
+    from vlmtune.quant.variants import QUANTO_MAP
+
+    return (Path(str(path)) / QUANTO_MAP).exists()
 
 
 def _require_dir(path: str | Path, what: str) -> None:
@@ -169,7 +180,19 @@ def load_vlm(
         model = model.merge_and_unload(adapter_names=list(model.peft_config))
         if device is not None:
             model.to(device)
+    elif quantized_by_quanto(path):  # quanto's own serialization (transformers cannot save a quanto model)
+        from vlmtune.quant.variants import load_quanto
+
+        model = load_quanto(Path(path), dtype)
+        if device is not None:
+            model.to(device)
     else:
+        from vlmtune.quant.variants import backend_of
+
+        if (backend := backend_of(path)) is not None:  # torchao / auto-round weights need their package
+            from vlmtune.extras import require
+
+            require(*backend, what=f"the quantized checkpoint {path}")
         kwargs = {} if device is None else {"device_map": {"": device}}
         # Only pass a quantization_config that is set: an explicit None makes transformers drop the one saved in
         # config.json, and int8 / nf4 weights then load as plain floats without their scales (garbage outputs).
