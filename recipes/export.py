@@ -1,7 +1,10 @@
-"""Merge a LoRA/QLoRA adapter into its full-precision base and write a standard checkpoint.
+"""Write a checkpoint for serving: a LoRA/QLoRA adapter merged into its full-precision base (a full checkpoint is
+rewritten as it is), with everything a serving engine reads.
 
-Run as `vlmtune export checkpoint=<adapter dir> [run_dir=<out>]`. The result is a plain transformers checkpoint
-(`llava` for the MLP projector) with the processor, model card and provenance: no PEFT needed to load it.
+Run as `vlmtune export checkpoint=<dir> [results=<evaluate run>/results.json] [run_dir=<out>]`. The result is a plain
+transformers checkpoint (`llava` for the MLP projector): safetensors weights, config.json, generation_config.json,
+the processor (tokenizer, image processor, chat_template.jinja), a model card (README.md, with the evaluation's
+metrics when `results` is given) and provenance. No PEFT needed to load it.
 """
 
 import hydra
@@ -14,15 +17,24 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import json
+    from pathlib import Path
+
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
     from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "export")
     source = run.cfg.checkpoint
-    if not is_adapter(source):
-        raise ValueError(f"checkpoint={source} is not an adapter directory (no adapter_config.json): nothing to merge")
-    model, processor = load_vlm(source, what="checkpoint")  # merged into the full-precision base
-    out = save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(merged_from=str(source)))
+    evaluation = None
+    if run.cfg.results is not None:
+        results = Path(run.cfg.results)
+        if not results.is_file():
+            raise SystemExit(f"error: results={results} is not a file; give an evaluate run's results.json")
+        evaluation = json.loads(results.read_text())
+    model, processor = load_vlm(source, what="checkpoint")  # an adapter is merged into its full-precision base
+    origin = "merged_from" if is_adapter(source) else "exported_from"
+    provenance = run.provenance(**{origin: str(source)}, evaluation=evaluation)
+    out = save_checkpoint(model, processor, run.dir / "checkpoint", provenance)
     log.info("export: merged checkpoint written to %s", out)
     run.finish()
 

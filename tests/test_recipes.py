@@ -80,7 +80,7 @@ def test_quantize_table(quantized):
     out = quantized
     table = {row["variant"]: row for row in json.loads((out / "quantize.json").read_text())}
     assert set(table) == {"fp32", "int8", "nf4"}
-    assert table["nf4"]["memory_bytes"] < table["int8"]["memory_bytes"] < table["fp32"]["memory_bytes"]
+    assert table["nf4"]["memory_mb"] < table["int8"]["memory_mb"] < table["fp32"]["memory_mb"]
     for variant in ["int8", "nf4"]:
         config = json.loads((out / variant / "config.json").read_text())
         assert config["quantization_config"]["llm_int8_skip_modules"] == [

@@ -284,7 +284,8 @@ class QuantizeRecipeConfig(RecipeConfig):
 
 @dataclass
 class ExportRecipeConfig(RecipeConfig):
-    checkpoint: str = MISSING  # adapter directory to merge into its base
+    checkpoint: str = MISSING  # adapter directory to merge into its base, or a full checkpoint to rewrite
+    results: str | None = None  # an evaluate run's results.json: its metrics go into the model card
 
 
 @dataclass

@@ -95,7 +95,22 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
     if config.model_type == "vlmtune":
         lines.append("Run `import vlmtune` first: it registers the `vlmtune` model type with the Auto classes "
                      "(`pip install vlmtune`; no `trust_remote_code`).")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _evaluation_lines(provenance.get("evaluation"))) + "\n"
+
+
+def _evaluation_lines(results: dict[str, Any] | None) -> list[str]:
+    """The card's evaluation section from an evaluate run's results.json (export results=...)."""
+    if not results:
+        return []
+    generation = results.get("generation", {})
+    lines = ["", "## Evaluation", "",
+             f"Task `{results.get('task', 'n/a')}`, checkpoint evaluated: `{results.get('checkpoint')}`, greedy "
+             f"decoding (max_new_tokens {generation.get('max_new_tokens')}), {results.get('num_processes')} "
+             f"process(es), quantization: {results.get('quantization') or 'none'}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in results.get("metrics", {}).items()]
+    return lines
 
 
 def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
