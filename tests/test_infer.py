@@ -241,3 +241,20 @@ def test_serve_in_headless_chromium(pipeline, adapter, shapes, tmp_path):
     assert (tmp_path / "serve.png").stat().st_size > 10_000
     if os.environ.get("VLMTUNE_SCREENSHOTS"):  # keep the picture, e.g. for the docs
         shutil.copy(tmp_path / "serve.png", Path(os.environ["VLMTUNE_SCREENSHOTS"]) / "serve-test.png")
+
+
+def test_export_writes_what_a_serving_engine_reads(pipeline, adapter, tmp_path):
+    results = pipeline["sft"] / "results.json"
+    vlmtune("export", f"checkpoint={adapter}", f"results={results}", f"run_dir={tmp_path / 'export'}")
+    out = tmp_path / "export" / "checkpoint"
+    for name in ["model.safetensors", "config.json", "generation_config.json", "chat_template.jinja",
+                 "tokenizer.json", "processor_config.json", "README.md", "vlmtune.json"]:
+        assert (out / name).is_file(), name
+    assert not (out / "adapter_config.json").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] and generation["pad_token_id"] is not None
+    card = (out / "README.md").read_text()
+    accuracy = json.loads(results.read_text())["metrics"]["accuracy"]
+    assert "## Evaluation" in card and f"| accuracy | {accuracy:.4f} |" in card
+    assert (out / "chat_template.jinja").read_text() == (adapter / "chat_template.jinja").read_text()
