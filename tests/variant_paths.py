@@ -20,12 +20,12 @@ from vlmtune.infer.webui import Models, find_checkpoints
 from vlmtune.model.checkpoint import load_vlm
 
 run, test_file = Path(sys.argv[1]), sys.argv[2]
-records = read_samples(test_file)
+records = read_samples(test_file)[:4]  # one batch of eval.batch_size=4: the quantize run's first batch exactly
 eval_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), {"batch_size": 4}))
 checkpoints = find_checkpoints(run)
 results = {}
 for variant in [row["variant"] for row in json.loads((run / "quantize.json").read_text())][1:]:
-    expected = [json.loads(line)["prediction"] for line in (run / f"predictions_{variant}.jsonl").open()]
+    expected = [json.loads(line)["prediction"] for line in (run / f"predictions_{variant}.jsonl").open()][:4]
     model, processor = load_vlm(run / variant)  # what evaluate, chat and predict load
     rows, _ = evaluate_model(model, processor, records, eval_cfg)
     chat = Conversation(model, processor, max_new_tokens=8)

@@ -48,6 +48,7 @@ class Conversation:
         self.images: list[Any] = []  # decoded images of the turns so far, in placeholder order
         self.pending: list[Any] = []  # images loaded since the last question: they go with the next one
         self.current: Any = None  # the image last loaded: /clear shows it again with the next question
+        self.last_answer: str | None = None  # the latest answer, cut and stripped as kept in the history
 
     def add_image(self, source: Any, where: str = "image") -> None:
         """Attach an image (a path, bytes or PIL image) to the next question; a bad one raises DataError."""
