@@ -58,7 +58,7 @@ def test_report_measures_every_variant(variants_run, shapes):
 def test_every_variant_answers_through_evaluate_chat_predict_and_serve(variants_run, shapes, torchao_env):
     out = run_cli(sys.executable, str(REPO / "tests" / "variant_paths.py"), str(variants_run),
                   str(shapes / "test.json"), env=torchao_env)
-    results = json.loads(out.strip().splitlines()[-1])
+    results = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))  # stdout's
     assert results == {name: {"evaluate": True, "predict": True, "chat": True, "serve": True} for name in VARIANTS}
 
 
