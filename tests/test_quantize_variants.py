@@ -71,3 +71,13 @@ def test_a_missing_backend_names_its_extra(pipeline):
     assert ("error: quantize variant 'torchao_int8' (torchao) needs the `torchao` package, which is not installed; "
             "install vlmtune's `torchao` extra: pip install -e \".[torchao]\"") in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_loading_a_variant_without_its_backend_names_the_extra(variants_run):
+    proc = subprocess.run([sys.executable, "-m", "vlmtune.cli", "chat", f"checkpoint={variants_run / 'torchao_int8'}",
+                           "question=Hello", f"run_dir={variants_run / 'chat-missing'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"error: the quantized checkpoint {variants_run / 'torchao_int8'} needs the `torchao` package, which is "
+            "not installed") in proc.stderr
