@@ -15,7 +15,7 @@ install:
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test,optuna,serve,quanto,autoround]"
 	# torchao beside the venv, not in it: installed, every transformers import loads it (~1 s, warnings). The tests
-	# and docs/quantize.md put it on PYTHONPATH where it is used.
+	# and docs/quantization.md put it on PYTHONPATH where it is used.
 	$(BIN)/python -m pip install --quiet --no-deps --target .extras/torchao "torchao==0.18.0"
 
 # Debian's Chromium for the `vlmtune serve` browser test (Playwright drives it; its own browser download cannot

@@ -8,6 +8,7 @@ all answer through their own chat template, greedily, as `evaluate` does.
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -37,4 +38,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

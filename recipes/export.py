@@ -10,6 +10,7 @@ metrics when `results` is given) and provenance. No PEFT needed to load it.
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -20,16 +21,22 @@ def main(cfg: DictConfig) -> None:
     import json
     from pathlib import Path
 
+    from vlmtune.errors import CheckpointError, ConfigError
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.quant.variants import quant_method
     from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "export")
     source = run.cfg.checkpoint
+    if (method := quant_method(source)) is not None:
+        raise CheckpointError(f"checkpoint={source} is quantized ({method}): export writes a full-precision serving "
+                              "checkpoint; a quantized variant is servable as saved (chat, predict, serve, "
+                              "from_pretrained), or export the full-precision checkpoint it was quantized from")
     evaluation = None
     if run.cfg.results is not None:
         results = Path(run.cfg.results)
         if not results.is_file():
-            raise SystemExit(f"error: results={results} is not a file; give an evaluate run's results.json")
+            raise ConfigError(f"results={results} is not a file; give an evaluate run's results.json")
         evaluation = json.loads(results.read_text())
     model, processor = load_vlm(source, what="checkpoint")  # an adapter is merged into its full-precision base
     origin = "merged_from" if is_adapter(source) else "exported_from"
@@ -40,4 +47,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

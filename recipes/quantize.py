@@ -9,6 +9,7 @@ Writes quantize.json, quantize.md, predictions_<variant>.jsonl and a W&B table.
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -21,8 +22,10 @@ def main(cfg: DictConfig) -> None:
     from transformers import AutoProcessor
 
     from vlmtune.data.records import read_split
+    from vlmtune.errors import ConfigError
     from vlmtune.eval.run import held_out_records
-    from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint, write_card_and_provenance
+    from vlmtune.model.base import full_checkpoint
+    from vlmtune.model.checkpoint import save_checkpoint, write_card_and_provenance
     from vlmtune.model.parts import model_type_at
     from vlmtune.quant.measure import markdown, measure
     from vlmtune.quant.variants import Job, require_variant, save_quanto
@@ -31,10 +34,7 @@ def main(cfg: DictConfig) -> None:
     run = start_run(cfg, "quantize")
     cfg = run.cfg
     variants = {name: require_variant(name) for name in cfg.variants}  # a missing extra stops before any work
-    source = cfg.checkpoint
-    if is_adapter(source):  # the backends quantize a full checkpoint on disk
-        save_checkpoint(*load_vlm(source), run.dir / "merged", run.provenance(stage="merged adapter"))
-        source = run.dir / "merged"
+    source = full_checkpoint(run, cfg.checkpoint)  # the backends quantize a full checkpoint on disk
     records = held_out_records(cfg.data, run.dir)
     calibration = read_split(cfg.data, "train")[: cfg.calibration_samples] if any(
         v.calibrated for v in variants.values()) else None
@@ -54,8 +54,8 @@ def main(cfg: DictConfig) -> None:
         try:
             built = variant.build(job)
         except Exception as err:  # e.g. torchao int4 without a kernel for this device
-            raise SystemExit(f"error: quantize variant {name!r} ({variant.backend}) failed on {device}: "
-                             f"{type(err).__name__}: {err}; leave it out of variants=") from err
+            raise ConfigError(f"quantize variant {name!r} ({variant.backend}) failed on {device}: "
+                              f"{type(err).__name__}: {err}; leave it out of variants=") from err
         if not variant.saves_itself:
             # Saved before any forward pass: bitsandbytes repacks 4-bit weights on the CPU at the first forward and
             # re-quantizes them on save, so a model saved after running is not the model that ran.
@@ -77,4 +77,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -7,6 +7,7 @@ Run as `vlmtune serve runs=<run dir>` (every checkpoint under it, in a list to s
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -17,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     import os
     from pathlib import Path
 
-    from vlmtune.extras import require
+    from vlmtune.errors import ConfigError, require
     from vlmtune.infer.webui import Models, build_app, find_checkpoints
     from vlmtune.runs import log, start_run
 
@@ -26,13 +27,12 @@ def main(cfg: DictConfig) -> None:
     run = start_run(cfg, "serve")
     cfg = run.cfg
     if cfg.checkpoint is None and cfg.runs is None:
-        raise SystemExit("error: give checkpoint=<dir> or runs=<run directory> to serve")
+        raise ConfigError("give checkpoint=<dir> or runs=<run directory> to serve")
     checkpoints = find_checkpoints(Path(cfg.runs)) if cfg.runs is not None else {}
     if cfg.checkpoint is not None:
         checkpoints = {cfg.checkpoint: Path(cfg.checkpoint), **checkpoints}
     if not checkpoints:
-        raise SystemExit(f"error: runs={cfg.runs} holds no checkpoint (a folder with config.json or "
-                         "adapter_config.json)")
+        raise ConfigError(f"runs={cfg.runs} holds no checkpoint (a folder with config.json or adapter_config.json)")
     first = next(iter(checkpoints))
     models = Models(checkpoints, run.state.device, cfg.answer)
     models.conversation(first)  # a checkpoint that cannot load fails here, before the page is up
@@ -42,4 +42,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

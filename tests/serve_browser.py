@@ -1,7 +1,7 @@
 """Drive `vlmtune serve`'s page in headless Chromium (Debian's, through Playwright): pick a checkpoint, upload an
 image, ask, read the answer the page shows, save a screenshot.
 
-Used by tests/test_serve.py, and by hand for the documentation's screenshot:
+Used by tests/test_infer.py, and by hand for the documentation's screenshot:
     python tests/serve_browser.py http://127.0.0.1:7860 <image> "<question>" docs/img/serve.png [checkpoint name]
 """
 

@@ -96,11 +96,22 @@ def test_the_template_renders_the_checkpoints_own_prompt_format(runs, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_evaluate_scores_the_checkpoint_with_left_padded_batches(runs, shapes, arch):
+    from vlmtune.data.records import read_samples
+    from vlmtune.eval.generate import generate_answers
+    from vlmtune.model.checkpoint import load_vlm
+
     out = runs[arch] / "evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert metrics["n"] == len(rows) == len(json.loads((shapes / "test.json").read_text()))
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["accuracy"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+    # Each answer of a left-padded batch of 4 is the answer the prompt gets alone (no padding at all).
+    model, processor = load_vlm(runs[arch] / "checkpoint")
+    records = read_samples(shapes / "test.json", limit=4)
+    alone = [generate_answers(model, processor, [record], batch_size=1)[0]["prediction"] for record in records]
+    lengths = {len(processor.apply_chat_template(r["messages"][:-1], tokenize=True)) for r in records}
+    assert len(lengths) > 1, "the prompts must differ in length, or nothing was padded"
+    assert alone == [r["prediction"] for r in rows[:4]]
     suffix = {"llava": " ASSISTANT:", "idefics3": "<end_of_utterance>\nAssistant:",
               "qwen2_vl": "<|im_end|>\n<|im_start|>assistant\n"}[arch]
     assert all(r["prompt"].endswith(suffix) for r in rows)
@@ -126,10 +137,10 @@ def test_the_checkpoint_reloads_with_plain_transformers(runs, shapes, arch):
 
 def test_quantize_keeps_vision_and_merger_of_qwen2_vl_in_full_precision(runs):
     out = runs["qwen2_vl"].parent / "quantize"
-    vlmtune("quantize", f"checkpoint={runs['qwen2_vl'] / 'checkpoint'}", f"run_dir={out}", "logger=none", "bits=[4]",
-            "eval.batch_size=4")
+    vlmtune("quantize", f"checkpoint={runs['qwen2_vl'] / 'checkpoint'}", f"run_dir={out}", "logger=none",
+            "variants=[nf4]", "eval.batch_size=4", "latency_samples=1")
     table = {row["variant"]: row for row in json.loads((out / "quantize.json").read_text())}
-    assert set(table) == {"fp32", "nf4"} and table["nf4"]["memory_bytes"] < table["fp32"]["memory_bytes"]
+    assert set(table) == {"fp32", "nf4"} and table["nf4"]["memory_mb"] < table["fp32"]["memory_mb"]
     config = json.loads((out / "nf4" / "config.json").read_text())
     assert config["quantization_config"]["llm_int8_skip_modules"] == ["model.visual", "lm_head"]
 

@@ -258,3 +258,13 @@ def test_export_writes_what_a_serving_engine_reads(pipeline, adapter, tmp_path):
     accuracy = json.loads(results.read_text())["metrics"]["accuracy"]
     assert "## Evaluation" in card and f"| accuracy | {accuracy:.4f} |" in card
     assert (out / "chat_template.jinja").read_text() == (adapter / "chat_template.jinja").read_text()
+    # The adapter merged into its base: plain transformers loads exactly vlmtune's merged weights.
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.model.checkpoint import load_vlm
+
+    assert json.loads((out / "vlmtune.json").read_text())["merged_from"] == str(adapter)
+    exported, (merged, _) = AutoModelForImageTextToText.from_pretrained(out), load_vlm(adapter)
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)

@@ -15,6 +15,7 @@ part to the projector's token count.
   `<image>` placeholders instead.
 - `vqa`: one question per record: `{"id", "image": path | [paths], "question": "...", "answer": "..."}`; the images
   go before the question unless it holds `<image>` placeholders. `answer` is optional for `vlmtune predict`.
+  `auto` takes a record with `question` and `image` (or `images`) for vqa.
 """
 
 from __future__ import annotations
@@ -136,17 +137,17 @@ def from_vqa(record: dict[str, Any], where: str) -> dict[str, Any]:
     return {"messages": messages, "images": images}
 
 
-def detect_format(record: dict[str, Any]) -> str:
+def detect_format(record: dict[str, Any], where: str) -> str:
     """The format of one record by its keys (`data.format=auto`)."""
     if "messages" in record:
         return "messages"
     if "conversations" in record:
         return "sharegpt" if "images" in record or "system" in record else "llava"
-    if "question" in record:
+    if "question" in record and ("image" in record or "images" in record):  # without an image: set data.format=vqa
         return "vqa"
-    raise DataError("cannot tell the format of a record with keys "
-                    f"{sorted(record)}: expected 'conversations' (llava/sharegpt), 'messages' or 'question' (vqa); "
-                    "set data.format",
+    raise DataError(f"{where}: cannot tell the format of a record with keys {sorted(record)}: expected "
+                    "'conversations' (llava/sharegpt), 'messages' or 'question' with 'image' (vqa); rename the "
+                    "columns or set data.format",
                     "bad_format")
 
 
@@ -185,7 +186,7 @@ def to_sample(record: Any, fmt: str, where: str, image_root: Path, open_question
         raise DataError(f"{where}: a sample must be a JSON object, got {type(record).__name__}", "bad_format")
     sample_id = record.get("id", record.get("sample_id"))
     where = f"{where}, sample {sample_id!r}" if sample_id is not None else where
-    converted = FORMATS.get(detect_format(record) if fmt == "auto" else fmt)(record, where)
+    converted = FORMATS.get(detect_format(record, where) if fmt == "auto" else fmt)(record, where)
     _check_turns(converted["messages"], where, open_question)
     placeholders = sum(p["type"] == "image" for m in converted["messages"] for p in m["content"])
     if placeholders != len(converted["images"]):

@@ -27,8 +27,6 @@ def question_parts(question: str, images: int, position: str = "before") -> list
             raise DataError(f"the question has {question.count(PLACEHOLDER)} {PLACEHOLDER} placeholder(s) for "
                             f"{images} new image(s)", "placeholder_mismatch")
         return text_parts(question)
-    if position not in ("before", "after"):
-        raise ValueError(f"answer.image_position={position!r}: expected before or after")
     image_parts = [{"type": "image", "text": None} for _ in range(images)]
     text = [{"type": "text", "text": question}]
     return image_parts + text if position == "before" else text + image_parts

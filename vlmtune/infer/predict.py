@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.images import check_image_header
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -49,7 +49,6 @@ def input_records(cfg) -> tuple[list[dict[str, Any]], DataReport]:
     from vlmtune.data.formats import to_sample
     from vlmtune.data.records import read_samples
 
-    check_on_error(cfg.on_error)
     source, report = Path(cfg.input), DataReport()
     if cfg.question is not None:
         if not source.is_dir():

@@ -12,10 +12,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from vlmtune.errors import CheckpointError, require
 
 PROVENANCE = "vlmtune.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -125,8 +128,14 @@ def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any])
 
 
 def write_card_and_provenance(model, out_dir: Path, provenance: dict[str, Any]) -> None:
-    """The model card (README.md) and vlmtune.json (config, git sha, library versions) of a checkpoint."""
-    full = {**provenance, "git_sha": git_sha(), "versions": library_versions()}
+    """The model card (README.md) and vlmtune.json (config, quantization, git sha, library versions) of a
+    checkpoint."""
+    from vlmtune.quantize import quantization_summary
+
+    # An adapter records how its base was loaded while it trained (QLoRA: the LLM in 4-bit).
+    config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
+    full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
+            "versions": library_versions()}
     (out_dir / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
     (out_dir / "README.md").write_text(_model_card(model, full))
 
@@ -140,18 +149,12 @@ def part_adapters(path: str | Path) -> list[str]:
     return sorted(sub.name for sub in Path(path).iterdir() if (sub / ADAPTER_CONFIG).exists())
 
 
-def quantized_by_quanto(path: str | Path) -> bool:
-    from vlmtune.quant.variants import QUANTO_MAP
-
-    return (Path(str(path)) / QUANTO_MAP).exists()
-
-
 def _require_dir(path: str | Path, what: str) -> None:
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"{what}: {path} is not a directory. Give a checkpoint directory written by a recipe.")
+        raise CheckpointError(f"{what}: {path} is not a directory. Give a checkpoint directory written by a recipe.")
     if not (p / "config.json").exists() and not (p / ADAPTER_CONFIG).exists():
-        raise FileNotFoundError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
+        raise CheckpointError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
 
 
 def _looks_local(path: str | Path) -> bool:
@@ -174,13 +177,32 @@ def load_vlm(
     `device` places the model: a full checkpoint is loaded straight onto it (bitsandbytes weights are quantized
     for, and stay on, the device they were loaded to), a merged adapter is moved there.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from vlmtune.compat import allow_missing_video_processor
 
     allow_missing_video_processor()  # Qwen2-VL's processor without torchvision
     if _looks_local(path):
         _require_dir(path, what)
+    with _unreadable_as_checkpoint_error(path, what):
+        return _load(path, dtype, quantization_config, device, what)
+
+
+@contextmanager
+def _unreadable_as_checkpoint_error(path, what: str):
+    """Weights or processor files that cannot be read (cut short, corrupt) are a CheckpointError naming them."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{what}: cannot read {path} ({type(err).__name__}: {err}); its files are incomplete "
+                              "or corrupt (a copy or a write cut short?): write it again or give another") from err
+
+
+def _load(path, dtype, quantization_config, device, what: str):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmtune.quant.variants import backend_of, quant_method
+
     processor = AutoProcessor.from_pretrained(path)
     if is_adapter(path):
         from peft import PeftModel
@@ -195,19 +217,15 @@ def load_vlm(
         model = model.merge_and_unload(adapter_names=list(model.peft_config))
         if device is not None:
             model.to(device)
-    elif quantized_by_quanto(path):  # quanto's own serialization (transformers cannot save a quanto model)
+    elif quant_method(path) == "quanto":  # quanto's own serialization (transformers cannot save a quanto model)
         from vlmtune.quant.variants import load_quanto
 
         model = load_quanto(Path(path), dtype)
         if device is not None:
             model.to(device)
     else:
-        from vlmtune.quant.variants import backend_of
-
         if (backend := backend_of(path)) is not None:  # torchao / auto-round weights need their package
-            from vlmtune.extras import require
-
-            require(*backend, what=f"the quantized checkpoint {path}")
+            require(*backend, f"the quantized checkpoint {path}")
         kwargs = {} if device is None else {"device_map": {"": device}}
         # Only pass a quantization_config that is set: an explicit None makes transformers drop the one saved in
         # config.json, and int8 / nf4 weights then load as plain floats without their scales (garbage outputs).

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from vlmtune.extras import require
+from vlmtune.errors import CheckpointError, require
 from vlmtune.model.parts import parts_of, skip_modules
 from vlmtune.registry import Registry
 
@@ -221,21 +221,27 @@ def load_quanto(path: Path, dtype: torch.dtype = torch.float32):
     untied = [n for n in missing if not any(model.state_dict()[n].data_ptr() == t.data_ptr()
                                             for k, t in model.state_dict().items() if k in state)]
     if untied:  # quanto loads with strict=False: a weight it did not find would stay random
-        raise ValueError(f"{path}: the quanto checkpoint lacks {len(untied)} weights, e.g. {untied[:3]}; rewrite it "
-                         "with `vlmtune quantize`")
+        raise CheckpointError(f"{path}: the quanto checkpoint lacks {len(untied)} weights, e.g. {untied[:3]}; "
+                              "rewrite it with `vlmtune quantize`")
     if (Path(path) / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model.eval()
 
 
-def backend_of(path: str | Path) -> tuple[str, str] | None:
-    """(module, extra) that a saved quantized checkpoint needs to load, or None (core dependencies suffice)."""
+def quant_method(path: str | Path) -> str | None:
+    """How a saved checkpoint is quantized: its config's quant_method (bitsandbytes, torchao, auto-round, ...),
+    "quanto" for quanto's serialization; None for full precision (or an adapter)."""
     path = Path(str(path))
     if (path / QUANTO_MAP).exists():
-        return "optimum.quanto", "quanto"
+        return "quanto"
     config = path / "config.json"
     if not config.exists():
         return None
-    method = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
-    return {"torchao": ("torchao", "torchao"), "auto-round": ("auto_round", "autoround"),
-            "auto_round": ("auto_round", "autoround"), "awq": ("auto_round", "autoround")}.get(method)
+    return (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
+
+
+def backend_of(path: str | Path) -> tuple[str, str] | None:
+    """(module, extra) that a saved quantized checkpoint needs to load, or None (core dependencies suffice)."""
+    return {"quanto": ("optimum.quanto", "quanto"), "torchao": ("torchao", "torchao"),
+            "auto-round": ("auto_round", "autoround"), "auto_round": ("auto_round", "autoround"),
+            "awq": ("auto_round", "autoround")}.get(quant_method(path))
