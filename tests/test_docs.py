@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, vlmtune
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 # Run here, in this order, in one folder (each with FAST_ARGS added): the documented walkthrough.
@@ -39,7 +41,8 @@ WALKTHROUGH = [
 FAST_ARGS = {"pretrain": ["optim.max_steps=2", "optim.batch_size=4", "logger=none"],
              "sft": ["optim.max_steps=2", "optim.batch_size=4", "logger=none", "eval.batch_size=16"],
              "dpo": ["optim.max_steps=2", "optim.batch_size=4", "logger=none", "eval.batch_size=16"],
-             "evaluate": ["logger=none", "eval.batch_size=16"], "quantize": ["logger=none", "eval.batch_size=16"],
+             "evaluate": ["logger=none", "eval.batch_size=16"],
+             "quantize": ["logger=none", "eval.batch_size=16", "latency_samples=2"],
              "export": ["logger=none"], "chat": ["answer.max_new_tokens=8"],
              "predict": ["answer.max_new_tokens=8", "batch_size=4"]}
 

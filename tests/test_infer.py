@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli, vlmtune
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 ANSWER = ["answer.max_new_tokens=8"]  # evaluate's budget in the pipeline fixture (eval.max_new_tokens default)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli, vlmtune
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 TORCHAO = REPO / ".extras" / "torchao"  # installed beside the venv by `make install` (see the Makefile)
 VARIANTS = ["int8", "nf4", "fp4", "torchao_int8", "torchao_int8_dynamic", "quanto_int8", "quanto_int4", "awq_int4"]
 
