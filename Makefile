@@ -13,7 +13,10 @@ install:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on this machine's disk; a range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,optuna,serve,quanto,autoround]"
+	$(BIN)/python -m pip install --quiet -e ".[test,optuna,submitit,serve,quanto,autoround]"
+	# DeepSpeed builds from its source archive against the torch above (about 50 s here): no build isolation.
+	$(BIN)/python -m pip install --quiet wheel
+	$(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.19,<0.20"  # = the [deepspeed] extra
 	# torchao beside the venv, not in it: installed, every transformers import loads it (~1 s, warnings). The tests
 	# and docs/quantization.md put it on PYTHONPATH where it is used.
 	$(BIN)/python -m pip install --quiet --no-deps --target .extras/torchao "torchao==0.18.0"

@@ -54,6 +54,7 @@ COMPOSE_ONLY = [
     "vlmtune evaluate checkpoint=runs/sft/20261128-120000/checkpoint",
     "vlmtune evaluate checkpoint=runs/s1/checkpoint eval/task=docvqa eval.task.limit=200",
     "vlmtune evaluate checkpoint=runs/s1/checkpoint eval/task=pope eval.task.dataset_path=data/pope.parquet",
+    "vlmtune sft launcher=zero3 launcher.num_processes=8",
 ]
 
 OPTUNA_TEST = ("tests/test_sweeps.py::"
@@ -82,6 +83,15 @@ ELSEWHERE = {
         "tests/test_lmms_eval.py (by hand on 2 processes; see docs/evaluation.md)",
     "VLMTUNE_DEBUG=1 vlmtune sft data.train=data/train.json":
         "tests/test_errors.py::test_vlmtune_debug_shows_the_traceback",
+    "vlmtune pretrain launcher=zero3 launcher.num_processes=2":
+        "tests/test_deepspeed.py::test_zero3_pretrain_and_dpo_equal_one_rank",
+    "accelerate launch --config_file runs/sft/<stamp>/accelerate_config.yaml recipes/sft.py init_from=...":
+        "tests/test_deepspeed.py (every launcher=zero* run writes that file and launches it this way)",
+    "vlmtune sft -m hydra/launcher=submitit_local optim.lr=1e-4,2e-4":
+        "tests/test_launch.py::test_submitit_local_sweep_runs_each_trial_as_a_two_process_launch",
+    "vlmtune sft -m hydra/launcher=slurm launcher=zero3 launcher.num_processes=16 launcher.num_machines=2 "
+    "hydra.launcher.partition=gpu optim.lr=1e-4,2e-4":
+        "tests/test_launch.py::test_slurm_launcher_sizes_each_trial_from_the_launcher_profile (no SLURM here)",
     # docs/inference.md: chat in a terminal, predict on 2 processes, serve in a browser (the one-shot chat and
     # predict on one process are in the walkthrough).
     "vlmtune chat checkpoint=runs/demo/<time>/sft/checkpoint image=~/.cache/vlmtune/data/shapes/images/test_00000.png "

@@ -116,11 +116,13 @@ def _evaluation_lines(results: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
-    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically."""
+def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any],
+                    state_dict: dict[str, Any] | None = None) -> Path:
+    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically. `state_dict`: the
+    weights to write instead of the model's own (gathered from FSDP2 shards: vlmtune.train.sharded)."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         processor.save_pretrained(tmp)
         write_card_and_provenance(model, tmp, provenance)
 
