@@ -4,7 +4,8 @@ rewritten as it is), with everything a serving engine reads.
 Run as `vlmtune export checkpoint=<dir> [results=<evaluate run>/results.json] [run_dir=<out>]`. The result is a plain
 transformers checkpoint (`llava` for the MLP projector): safetensors weights, config.json, generation_config.json,
 the processor (tokenizer, image processor, chat_template.jinja), a model card (README.md, with the evaluation's
-metrics when `results` is given) and provenance. No PEFT needed to load it.
+metrics when `results` is given) and provenance. No PEFT needed to load it. A quantized checkpoint is refused: it
+is served as saved.
 """
 
 import hydra
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> None:
     origin = "merged_from" if is_adapter(source) else "exported_from"
     provenance = run.provenance(**{origin: str(source)}, evaluation=evaluation)
     out = save_checkpoint(model, processor, run.dir / "checkpoint", provenance)
-    log.info("export: merged checkpoint written to %s", out)
+    log.info("export: serving checkpoint written to %s", out)
     run.finish()
 
 
