@@ -72,8 +72,5 @@ def main(runs: Path | None = None) -> None:
     for name, m in [("blind baseline (blank images)", blind), ("trained (pretrain -> sft)", trained)]:
         cells = " | ".join(f"{m[k]:>{len(k) - 9}.3f}" for k in kinds)
         print(f"| {name:<32} | {m['accuracy']:>8.3f} | {cells} |")
-    print("\n| variant | checkpoint MB | memory MB | accuracy |\n|---|---|---|---|")
-    for row in json.loads((runs / "quantize" / "quantize.json").read_text()):
-        print(f"| {row['variant']} | {row['checkpoint_bytes'] / 2**20:.2f} | {row['memory_bytes'] / 2**20:.2f} "
-              f"| {row['accuracy']:.3f} |")
+    print("\n" + (runs / "quantize" / "quantize.md").read_text())
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")

@@ -18,7 +18,7 @@ from vlmtune.data.records import split_prompt
 from vlmtune.progress import progress
 
 
-def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     cut = min((text.find(s) for s in stop_strings if s and s in text), default=-1)
     return text[:cut] if cut >= 0 else text
 
@@ -56,11 +56,22 @@ def generate_answers(
             )
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]  # decode only what the model wrote
             for record, text, target, tokens in zip(batch, texts, targets, new_tokens, strict=True):
-                prediction = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings).strip()
+                prediction = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings).strip()
                 outputs.append({"id": record["id"], "prompt": text, "prediction": prediction, "target": target,
-                                "images": list(record["images"]), "kind": record.get("kind")})
+                                "images": list(record["images"]), "kind": record.get("kind"),
+                                "generated_tokens": generated_length(tokens, model.generation_config.eos_token_id)})
             bar.update(len(batch))
     return outputs
+
+
+def generated_length(tokens: torch.Tensor, eos_token_id: int | list[int] | None) -> int:
+    """Tokens the model generated for one row: up to and including its first end token (the rest is padding
+    added while the other rows of the batch went on)."""
+    stops = set(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    for position, token in enumerate(tokens.tolist()):
+        if token in stops:
+            return position + 1
+    return len(tokens)
 
 
 def generate_distributed(model, processor, records: Sequence[dict[str, Any]], state=None, **kwargs):
