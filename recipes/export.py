@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
 
     from vlmtune.errors import CheckpointError, ConfigError
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
-    from vlmtune.quant.variants import quant_method
+    from vlmtune.quant.saved import quant_method
     from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "export")

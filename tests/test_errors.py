@@ -179,6 +179,7 @@ def test_bad_input_is_one_error_line_naming_the_culprit_without_a_traceback(outc
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0, output[-3000:]
     assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
+    assert "Error executing job" not in output, output[-3000:]  # Hydra's line before a job's exception
     assert len(errors) == 1, output[-3000:]
     assert CASES[name][1] in errors[0], errors[0]
 

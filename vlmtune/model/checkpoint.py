@@ -205,7 +205,7 @@ def _unreadable_as_checkpoint_error(path, what: str):
 def _load(path, dtype, quantization_config, device, what: str):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmtune.quant.variants import backend_of, quant_method
+    from vlmtune.quant.saved import backend_of, quant_method
 
     processor = AutoProcessor.from_pretrained(path)
     if is_adapter(path):
@@ -222,7 +222,7 @@ def _load(path, dtype, quantization_config, device, what: str):
         if device is not None:
             model.to(device)
     elif quant_method(path) == "quanto":  # quanto's own serialization (transformers cannot save a quanto model)
-        from vlmtune.quant.variants import load_quanto
+        from vlmtune.quant.saved import load_quanto
 
         model = load_quanto(Path(path), dtype)
         if device is not None:

@@ -11,7 +11,7 @@ paths in vlmtune.model.parts), whatever the backend:
   `from_pretrained`.
 - optimum-quanto (extra `quanto`): `quanto_int8`, `quanto_int4` (weights only). transformers cannot save a quanto
   model, so the variant is saved with quanto's own serialization (safetensors state dict + `quanto_qmap.json`) and
-  reloaded with `optimum.quanto.requantize` (`load_quanto`; `load_vlm` does it for such a directory).
+  reloaded with `optimum.quanto.requantize` (`vlmtune.quant.saved.load_quanto`; `load_vlm` does it for such a directory).
 - auto-round (extra `autoround`): `awq_int4`: AWQ scales (activation-aware, calibrated on images + prompts from the
   training set through the checkpoint's own processor and chat template), then 4-bit round-to-nearest weights in
   groups of 32, saved in auto-round's format and reloaded by `from_pretrained` (transformers' AutoRoundConfig).
@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from vlmtune.errors import CheckpointError, require
+from vlmtune.errors import require
 from vlmtune.model.parts import parts_of, skip_modules
+from vlmtune.quant.saved import QUANTO_MAP
 from vlmtune.registry import Registry
-
-QUANTO_MAP = "quanto_qmap.json"  # marks a checkpoint saved with quanto's serialization
 
 
 @dataclass
@@ -203,45 +202,3 @@ def save_quanto(model, processor, out_dir: Path, provenance: dict[str, Any]) -> 
         write_card_and_provenance(model, tmp, provenance)
 
     return write_atomically(out_dir, write)
-
-
-def load_quanto(path: Path, dtype: torch.dtype = torch.float32):
-    """Rebuild the model from its config and load the quantized weights with `optimum.quanto.requantize`."""
-    require("optimum.quanto", "quanto", f"the quanto checkpoint {path}")
-    from optimum.quanto import requantize
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
-
-    # Built on the CPU, not on the meta device: non-persistent buffers (rotary frequencies) must be computed.
-    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
-    state = load_file(Path(path) / "model.safetensors")
-    requantize(model, state, json.loads((Path(path) / QUANTO_MAP).read_text()), device=torch.device("cpu"))
-    model.tie_weights()
-    missing = sorted(set(model.state_dict()) - set(state))
-    untied = [n for n in missing if not any(model.state_dict()[n].data_ptr() == t.data_ptr()
-                                            for k, t in model.state_dict().items() if k in state)]
-    if untied:  # quanto loads with strict=False: a weight it did not find would stay random
-        raise CheckpointError(f"{path}: the quanto checkpoint lacks {len(untied)} weights, e.g. {untied[:3]}; "
-                              "rewrite it with `vlmtune quantize`")
-    if (Path(path) / "generation_config.json").exists():
-        model.generation_config = GenerationConfig.from_pretrained(path)
-    return model.eval()
-
-
-def quant_method(path: str | Path) -> str | None:
-    """How a saved checkpoint is quantized: its config's quant_method (bitsandbytes, torchao, auto-round, ...),
-    "quanto" for quanto's serialization; None for full precision (or an adapter)."""
-    path = Path(str(path))
-    if (path / QUANTO_MAP).exists():
-        return "quanto"
-    config = path / "config.json"
-    if not config.exists():
-        return None
-    return (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
-
-
-def backend_of(path: str | Path) -> tuple[str, str] | None:
-    """(module, extra) that a saved quantized checkpoint needs to load, or None (core dependencies suffice)."""
-    return {"quanto": ("optimum.quanto", "quanto"), "torchao": ("torchao", "torchao"),
-            "auto-round": ("auto_round", "autoround"), "auto_round": ("auto_round", "autoround"),
-            "awq": ("auto_round", "autoround")}.get(quant_method(path))
