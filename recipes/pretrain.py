@@ -21,6 +21,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
+    from vlmtune.pictures.run import write_pictures
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.fit import fit
@@ -43,8 +44,8 @@ def main(cfg: DictConfig) -> None:
                                        state=run.state)
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
-    fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        callbacks=captions.callbacks)
+    history = fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+                  callbacks=captions.callbacks)
     if captions.streamed:
         run.record_data("train", captions.report)
     if cfg.vision_feature_cache:
@@ -53,6 +54,7 @@ def main(cfg: DictConfig) -> None:
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
         log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+        write_pictures(run.dir, history, "pretrain (projector alignment)", model, processor)  # loss.png, model.png
         if run.tracker is not None and cfg.logger.log_checkpoint:
             tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
                 k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})

@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import model_path, prepare_for_training
     from vlmtune.model.parts import model_type_at
+    from vlmtune.pictures.run import write_pictures
     from vlmtune.runs import is_main_process, log, start_run
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
@@ -70,14 +71,15 @@ def main(cfg: DictConfig) -> float | None:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
         callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state,
                                         table_rows=cfg.logger.log_samples))
-    fit(model, processor, train.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        callbacks=[*callbacks, *train.callbacks])
+    history = fit(model, processor, train.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+                  callbacks=[*callbacks, *train.callbacks])
     if train.streamed:
         run.record_data("train", train.report)
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))
         log.info("sft: checkpoint written to %s", run.dir / "checkpoint")
+        write_pictures(run.dir, history, "sft (instruction tuning)")  # loss.png
         if run.tracker is not None and cfg.logger.log_checkpoint:
             tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="sft", metadata={
                 "init_from": str(base), **{k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")}})

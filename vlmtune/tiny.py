@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 5  # bump when the tiny parts change, so stale caches are rewritten
+TINY_VERSION = 6  # bump when the tiny parts change, so stale caches are rewritten
 
 # Special tokens of the tiny tokenizer: chatml turn markers (they match the chatml template), padding, end of text and
 # the image placeholder that processors expand.
@@ -42,6 +42,9 @@ LLM = {
                  num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512,
                  tie_word_embeddings=False),
 }
+# A text encoder for dual encoders (vlmtune contrastive): CLIP's text transformer, pooled at the end-of-text token.
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64)
 IMAGE_SIZE = 48  # the shapes data draws a 3x3 grid of 16 px cells: one patch per cell
 PATCH_SIZE = 16
 
@@ -188,6 +191,25 @@ def _write_llm(kind: str, out_dir: Path, tokenizer_dir: Path, seed: int) -> None
     tokenizer.save_pretrained(out_dir)
 
 
+def _write_text_encoder(out_dir: Path, tokenizer_dir: Path, seed: int) -> None:
+    """A CLIP text transformer and the tiny tokenizer, which here ends every text with `<|endoftext|>`: CLIP pools
+    the hidden state at that token (as the real CLIP tokenizer appends it)."""
+    import torch
+    import transformers as tf
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_dir)
+    end = "<|endoftext|>"
+    end_id = tokenizer.convert_tokens_to_ids(end)
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"$A {end}", special_tokens=[(end, end_id)])
+    tokenizer.eos_token = end
+    torch.manual_seed(seed)
+    config = tf.CLIPTextConfig(vocab_size=len(tokenizer), eos_token_id=end_id, bos_token_id=end_id,
+                               pad_token_id=tokenizer.pad_token_id, **TEXT)
+    tf.CLIPTextModel(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
 def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     """Write every tiny part under `cache_dir` (skipped when already there) and return their directories.
 
@@ -198,6 +220,7 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     parts = {f"vision/{k}": cache_dir / "vision" / k for k in VISION}
     parts |= {f"llm/{k}": cache_dir / "llm" / k for k in LLM}
     parts["tokenizer"] = cache_dir / "tokenizer"
+    parts["text/clip"] = cache_dir / "text" / "clip"
     from vlmtune.tiny_vlm import tiny_vlm_writers  # complete tiny HF VLMs: vlm/llava, vlm/idefics3, vlm/qwen2_vl
 
     vlm_writers = tiny_vlm_writers(cache_dir)
@@ -210,6 +233,7 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     writers = {"tokenizer": lambda d: write_tokenizer(d)}
     writers |= {f"vision/{k}": (lambda d, k=k: _write_vision(k, d, seed=1)) for k in VISION}
     writers |= {f"llm/{k}": (lambda d, k=k: _write_llm(k, d, parts["tokenizer"], seed=2)) for k in LLM}
+    writers["text/clip"] = lambda d: _write_text_encoder(d, parts["tokenizer"], seed=3)
     writers |= {name: writer for name, (_, writer) in vlm_writers.items()}
     for name, writer in writers.items():  # the tokenizer first: the LLMs copy it
         final = parts[name]
