@@ -18,7 +18,7 @@ setup()
 @hydra.main(config_path="../conf", config_name="contrastive", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.contrastive.data import caption_pairs
-    from vlmtune.contrastive.loss import ContrastiveObjective
+    from vlmtune.contrastive.loss import LOSSES, ContrastiveObjective
     from vlmtune.contrastive.model import (
         apply_dual_policy,
         compose_dual,
@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> float | None:
 
     run = start_run(cfg, "contrastive")
     cfg = run.cfg
+    LOSSES.get(cfg.loss)  # a misspelt loss fails before anything loads
     if cfg.model.path:
         dual, processor, _ = load_dual(cfg.model.path)
     else:

@@ -318,6 +318,9 @@ class ContrastiveRecipeConfig(RecipeConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)  # the retrieval task scored before and after training
     # clip: InfoNCE both ways with a learned temperature | siglip: a sigmoid per pair, learned temperature and bias
     loss: str = "clip"
+    # Hard negatives: none | swap: each caption with two of its phrases (or words) swapped is one more wrong caption
+    # for its image (NegCLIP): order and attribute binding, which in-batch negatives rarely test, must be encoded.
+    negatives: str = "none"
     evaluate_at_end: bool = True  # score data.test's pairs (recall@k, zero-shot) before and after training
     logging_steps: int = 10  # log the training loss every N steps
     save_steps: int = 0  # write a resumable checkpoint every N steps; 0 = only at the end

@@ -210,6 +210,23 @@ def _write_text_encoder(out_dir: Path, tokenizer_dir: Path, seed: int) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _write_dual_encoder(out_dir: Path, vision_dir: Path, text_dir: Path, seed: int) -> None:
+    """A CLIPModel (what `openai/clip-*` checkpoints are) from the tiny CLIP vision tower and text encoder, with new
+    projection heads: an untrained dual encoder, so the random tower it holds is exactly `vision/clip`."""
+    import torch
+    import transformers as tf
+
+    vision, text = tf.CLIPVisionModel.from_pretrained(vision_dir), tf.CLIPTextModel.from_pretrained(text_dir)
+    torch.manual_seed(seed)
+    model = tf.CLIPModel(tf.CLIPConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(),
+                                       projection_dim=VISION["clip"]["projection_dim"]))
+    model.vision_model.load_state_dict(vision.state_dict())
+    model.text_model.load_state_dict(text.state_dict())
+    model.save_pretrained(out_dir)
+    tf.AutoImageProcessor.from_pretrained(vision_dir).save_pretrained(out_dir)
+    tf.AutoTokenizer.from_pretrained(text_dir).save_pretrained(out_dir)
+
+
 def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     """Write every tiny part under `cache_dir` (skipped when already there) and return their directories.
 
@@ -221,6 +238,7 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     parts |= {f"llm/{k}": cache_dir / "llm" / k for k in LLM}
     parts["tokenizer"] = cache_dir / "tokenizer"
     parts["text/clip"] = cache_dir / "text" / "clip"
+    parts["dual/clip"] = cache_dir / "dual" / "clip"
     from vlmtune.tiny_vlm import tiny_vlm_writers  # complete tiny HF VLMs: vlm/llava, vlm/idefics3, vlm/qwen2_vl
 
     vlm_writers = tiny_vlm_writers(cache_dir)
@@ -234,6 +252,7 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     writers |= {f"vision/{k}": (lambda d, k=k: _write_vision(k, d, seed=1)) for k in VISION}
     writers |= {f"llm/{k}": (lambda d, k=k: _write_llm(k, d, parts["tokenizer"], seed=2)) for k in LLM}
     writers["text/clip"] = lambda d: _write_text_encoder(d, parts["tokenizer"], seed=3)
+    writers["dual/clip"] = lambda d: _write_dual_encoder(d, parts["vision/clip"], parts["text/clip"], seed=4)
     writers |= {name: writer for name, (_, writer) in vlm_writers.items()}
     for name, writer in writers.items():  # the tokenizer first: the LLMs copy it
         final = parts[name]

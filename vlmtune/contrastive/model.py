@@ -54,11 +54,14 @@ def _text_padding(config) -> tuple[str, int]:
     return ("max_length" if config.model_type == "siglip" else "longest"), length
 
 
+DUAL_TYPES = ("clip", "siglip", "vision-text-dual-encoder")
+
+
 def is_dual_encoder(path: str | Path) -> bool:
-    """Whether a checkpoint directory holds a dual encoder (both towers), not a VLM or a lone tower."""
-    config = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").exists() else {}
-    return "text_config" in config and "vision_config" in config and config.get("model_type") in (
-        "clip", "siglip", "vision-text-dual-encoder")
+    """Whether a checkpoint (directory or hub id) holds a dual encoder (both towers), not a VLM or a lone tower."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path)).model_type in DUAL_TYPES
 
 
 def load_dual(path: str | Path, what: str = "model.path"):

@@ -43,7 +43,8 @@ def contrastive_trainer(objective: ContrastiveObjective, pairs: list[dict], proc
     # Every tower parameter reaches the loss through the pooled embeddings, frozen ones aside: no unused search.
     arguments |= {"dataloader_drop_last": True, "ddp_find_unused_parameters": False}
     trainer = Trainer(model=objective, args=TrainingArguments(**arguments), train_dataset=PairDataset(pairs),
-                      data_collator=PairCollator(processor), callbacks=[*(callbacks or []), NonFiniteLossGuard()])
+                      data_collator=PairCollator(processor, cfg.negatives),
+                      callbacks=[*(callbacks or []), NonFiniteLossGuard()])
     optimizer_class, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, objective)
     trainer.optimizer = optimizer_class(_param_groups(objective, cfg), **optimizer_kwargs)
     return trainer

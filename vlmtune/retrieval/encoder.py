@@ -61,12 +61,16 @@ class Encoder:
 
 
 def load_encoder(path: str | Path, what: str = "checkpoint") -> Encoder:
-    """A dual encoder checkpoint (CLIP, SigLIP, a `contrastive` run's) or a VLM checkpoint, by its config."""
+    """A dual encoder checkpoint (CLIP, SigLIP, a `contrastive` run's) or a VLM checkpoint, by its config; a local
+    directory or a hub id."""
     from vlmtune.contrastive.model import is_dual_encoder, load_dual
+    from vlmtune.model.checkpoint import ADAPTER_CONFIG, is_adapter
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{what}={path} is not a directory; give a dual encoder or VLM checkpoint directory")
-    if is_dual_encoder(path):
+    local = str(path).startswith((".", "/", "~")) or Path(path).exists()
+    if local and not any((Path(path) / name).exists() for name in ("config.json", ADAPTER_CONFIG)):
+        raise FileNotFoundError(f"{what}={path} is not a checkpoint directory (no config.json); give a dual encoder "
+                                "(a `vlmtune contrastive` run's checkpoint/, CLIP, SigLIP) or a VLM checkpoint")
+    if not is_adapter(path) and is_dual_encoder(path):
         model, processor, _ = load_dual(path, what)
         return Encoder(model, processor, dual=True, path=str(path))
     from vlmtune.model.checkpoint import load_vlm
