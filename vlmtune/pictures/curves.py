@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from vlmtune.pictures import figure, save
+
+log = logging.getLogger("vlmtune")
 
 
 def training_curves(history: list[dict], path: str | Path, title: str = "training") -> Path | None:
@@ -12,6 +15,7 @@ def training_curves(history: list[dict], path: str | Path, title: str = "trainin
     losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
     accuracy = [(entry["step"], entry["eval/accuracy"]) for entry in history if "eval/accuracy" in entry]
     if not losses:
+        log.info("%s: no loss was logged (fewer steps than logging_steps), so no %s", title, Path(path).name)
         return None
     fig = figure(6, 3.5)
     axes = fig.add_subplot(1, 1, 1)
