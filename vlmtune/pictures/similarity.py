@@ -20,7 +20,7 @@ def similarity_matrix(scores, images: list, captions: list[str], path: str | Pat
         thumb.axis("off")
     axes = fig.add_subplot(grid[1, :])
     shown = axes.imshow(scores.T if hasattr(scores, "T") else scores, cmap="viridis", aspect="auto")
-    axes.set_yticks(range(n_captions), [textwrap.shorten(c, 48) for c in captions], fontsize=7)
+    axes.set_yticks(range(n_captions), [textwrap.shorten(c, 64) for c in captions], fontsize=7)
     axes.set_xticks(range(n_images), [str(i) for i in range(n_images)], fontsize=7)
     axes.set_xlabel("image")
     fig.colorbar(shown, ax=axes, fraction=0.03, pad=0.02, label=title)
