@@ -10,6 +10,7 @@ and pictures: loss.png, similarity.png, attention.png.
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -33,7 +34,8 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.errors import DataReport
     from vlmtune.data.records import read_split
     from vlmtune.pictures.curves import training_curves
-    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.processes import is_main_process
+    from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "contrastive")
     cfg = run.cfg
@@ -69,4 +71,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,6 +8,7 @@ Writes <run_dir>/embeddings.parquet (id, image path, caption, image_embedding, t
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -25,8 +26,6 @@ def main(cfg: DictConfig) -> None:
 
     run = start_run(cfg, "embed")
     cfg = run.cfg
-    if cfg.split not in ("train", "test"):
-        raise ValueError(f"split={cfg.split!r}: expected train or test")
     encoder = load_encoder(cfg.checkpoint)
     records = read_split(cfg.data, cfg.split)
     rows = embedding_rows(encoder, records, cfg.batch_size)
@@ -42,4 +41,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,12 +8,15 @@ Writes <run_dir>/predictions.jsonl, <run_dir>/metrics.json and <run_dir>/results
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float:
     from vlmtune.eval.run import evaluate_checkpoint
     from vlmtune.runs import start_run
@@ -25,4 +28,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -7,6 +7,7 @@ Run as `vlmtune search embeddings=<embed run dir> text="a red circle and a blue 
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -17,6 +18,7 @@ def main(cfg: DictConfig) -> None:
     import json
 
     from vlmtune.data.images import load_image
+    from vlmtune.errors import ConfigError
     from vlmtune.pictures.grid import retrieval_grid
     from vlmtune.retrieval.encoder import load_encoder
     from vlmtune.retrieval.index import EmbeddingIndex
@@ -25,7 +27,7 @@ def main(cfg: DictConfig) -> None:
     run = start_run(cfg, "search")
     cfg = run.cfg
     if (cfg.text is None) == (cfg.image is None):
-        raise ValueError("give exactly one query: text=\"...\" or image=<file>")
+        raise ConfigError("give exactly one query: text=\"...\" or image=<file>")
     index = EmbeddingIndex.load(cfg.embeddings)
     index.column(cfg.target)  # a VLM's embeddings have no captions to search: say so before loading the model
     encoder = load_encoder(index.meta["checkpoint"], what=f"the encoder recorded in {cfg.embeddings}")
@@ -45,4 +47,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -24,8 +24,8 @@ def _train_seconds_per_step(base: Path, records, method: str, out: Path, *, pack
     from vlmtune.data.records import to_dataset
     from vlmtune.model.checkpoint import load_vlm
     from vlmtune.train.feature_cache import cache_vision_features
-    from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, bnb_4bit_config
+    from vlmtune.train.sft import fit
 
     peft, policy = PeftConfig(), PolicyConfig(llm=PartPolicy(mode=method))
     model, processor = load_vlm(base, quantization_config=bnb_4bit_config(peft) if method == "qlora" else None)

@@ -15,6 +15,7 @@ import torch
 from vlmtune.data.errors import DataError
 from vlmtune.data.images import load_image
 from vlmtune.data.records import split_prompt
+from vlmtune.errors import ConfigError
 
 
 def caption_pairs(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
@@ -75,7 +76,7 @@ class PairCollator:
 
     def __init__(self, processor, negatives: str = "none") -> None:
         if negatives not in ("none", "swap"):
-            raise ValueError(f"negatives={negatives!r}: expected none or swap")
+            raise ConfigError(f"negatives={negatives!r}: expected none or swap")
         self.processor, self.negatives = processor, negatives
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlmtune.errors import CheckpointError, ConfigError
 from vlmtune.model.checkpoint import PROVENANCE, git_sha, library_versions, write_atomically
 
 if TYPE_CHECKING:
@@ -69,11 +70,11 @@ def load_dual(path: str | Path, what: str = "model.path"):
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     if str(path).startswith((".", "/")) and not Path(path).is_dir():
-        raise FileNotFoundError(f"{what}={path} is not a directory; give a dual encoder checkpoint (CLIP, SigLIP or a "
+        raise CheckpointError(f"{what}={path} is not a directory; give a dual encoder checkpoint (CLIP, SigLIP or a "
                                 "`vlmtune contrastive` run's checkpoint/)")
     model = AutoModel.from_pretrained(path)
     if not all(hasattr(model, name) for name in ("get_image_features", "get_text_features", "logit_scale")):
-        raise ValueError(f"{what}={path} is a {type(model).__name__}, not a dual encoder (CLIP, SigLIP or a "
+        raise CheckpointError(f"{what}={path} is a {type(model).__name__}, not a dual encoder (CLIP, SigLIP or a "
                          "vision-text dual encoder); for a vision tower alone set model.vision.path")
     padding, length = _text_padding(model.config)
     processor = DualProcessor(AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
@@ -130,14 +131,14 @@ def apply_dual_policy(dual, policy: DualPolicyConfig, peft: PeftConfig):
     modes = {part: getattr(policy, part).mode for part in ("vision", "text")}
     for part, mode in modes.items():
         if mode not in MODES:
-            raise ValueError(f"policy.{part}.mode={mode!r}: expected one of {', '.join(MODES)}")
+            raise ConfigError(f"policy.{part}.mode={mode!r}: expected one of {', '.join(MODES)}")
     lora_parts = [part for part, mode in modes.items() if mode == "lora"]
     if lora_parts:
         from peft import LoraConfig, get_peft_model
 
         settings = {part: lora_settings(getattr(policy, part), peft) for part in lora_parts}
         if len(set(settings.values())) > 1:
-            raise ValueError("policy.vision and policy.text use different LoRA settings; a dual encoder takes one "
+            raise ConfigError("policy.vision and policy.text use different LoRA settings; a dual encoder takes one "
                              "adapter: give both the same lora_r / lora_alpha / lora_dropout / use_rslora / use_dora")
         lora = settings[lora_parts[0]]
         towers = "|".join(f"{part}_model" for part in lora_parts)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from vlmtune.errors import ConfigError
+
 
 def evaluate_pairs(run, dual, processor, records: list[dict[str, Any]], before: dict[str, Any] | None = None,
                    write: bool = False) -> dict[str, Any]:
@@ -16,12 +18,13 @@ def evaluate_pairs(run, dual, processor, records: list[dict[str, Any]], before: 
     from vlmtune.eval.retrieval import retrieval_rows
     from vlmtune.eval.run import format_metrics, write_results
     from vlmtune.eval.scoring import score_rows
+    from vlmtune.processes import is_main_process
     from vlmtune.retrieval.encoder import Encoder
-    from vlmtune.runs import is_main_process, log
+    from vlmtune.runs import log
 
     task = run.cfg.eval.task
     if task.output_type != "retrieval":
-        raise ValueError(f"eval.task.output_type={task.output_type!r}: a contrastive run is scored by a retrieval "
+        raise ConfigError(f"eval.task.output_type={task.output_type!r}: a contrastive run is scored by a retrieval "
                          "task (eval/task=retrieval)")
     was_training = dual.training
     rows = retrieval_rows(Encoder(dual, processor, dual=True), records, task, run.state, run.cfg.eval.batch_size)

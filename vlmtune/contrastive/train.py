@@ -36,12 +36,14 @@ def contrastive_trainer(objective: ContrastiveObjective, pairs: list[dict], proc
     dropped), since the embeddings of all processes are gathered into one global batch."""
     from transformers import Trainer, TrainingArguments
 
-    from vlmtune.train.fit import trainer_arguments
     from vlmtune.train.guards import NonFiniteLossGuard
+    from vlmtune.train.trainer import training_arguments
 
-    arguments = trainer_arguments(cfg, out_dir, report_to)
+    arguments = training_arguments(cfg, out_dir, report_to)
     # Every tower parameter reaches the loss through the pooled embeddings, frozen ones aside: no unused search.
-    arguments |= {"dataloader_drop_last": True, "ddp_find_unused_parameters": False}
+    # A plain Trainer has no MarkComplete callback (vlmtune.train.trainer) to prune step checkpoints: it prunes them.
+    arguments |= {"dataloader_drop_last": True, "ddp_find_unused_parameters": False,
+                  "save_total_limit": cfg.save_total_limit}
     trainer = Trainer(model=objective, args=TrainingArguments(**arguments), train_dataset=PairDataset(pairs),
                       data_collator=PairCollator(processor, cfg.negatives),
                       callbacks=[*(callbacks or []), NonFiniteLossGuard()])
@@ -53,7 +55,7 @@ def contrastive_trainer(objective: ContrastiveObjective, pairs: list[dict], proc
 def fit_contrastive(objective: ContrastiveObjective, pairs: list[dict], processor, cfg, out_dir: Path, *,
                     report_to: str, callbacks=None) -> list[dict]:
     """Train to the end (resuming per `cfg.resume` from step checkpoints in `out_dir`); return the log history."""
-    from vlmtune.train.fit import resume_point
+    from vlmtune.train.checkpoints import resume_point
 
     trainer = contrastive_trainer(objective, pairs, processor, cfg, out_dir, report_to=report_to,
                                   callbacks=callbacks)

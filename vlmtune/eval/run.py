@@ -9,6 +9,7 @@ from typing import Any
 
 from vlmtune.config import DataConfig, EvalConfig
 from vlmtune.data.records import blank_images, read_split
+from vlmtune.errors import ConfigError
 from vlmtune.eval.generate import generate_distributed
 from vlmtune.eval.scoring import check_metric_list, score_rows
 
@@ -16,7 +17,7 @@ from vlmtune.eval.scoring import check_metric_list, score_rows
 def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
     """The test split, blanked like the training images when the run is a blind baseline."""
     if not data.test:
-        raise ValueError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
+        raise ConfigError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
     records = read_split(data, "test")
     return blank_images(records, blank_dir) if data.blank_images else records
 
@@ -101,7 +102,7 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     if cfg.eval.task.output_type == "retrieval":  # a dual encoder ranks images and captions: nothing to generate
         return _evaluate_retrieval(run, checkpoint)
     if cfg.eval.task.output_type != "generate_until":
-        raise ValueError(f"eval.task.output_type={cfg.eval.task.output_type!r}: expected generate_until or retrieval")
+        raise ConfigError(f"eval.task.output_type={cfg.eval.task.output_type!r}: expected generate_until or retrieval")
     # Loaded straight onto this process's device (each rank its own GPU; "cpu" for all ranks on a CPU machine): that
     # is how transformers places a bitsandbytes int8 / nf4 checkpoint (device_map), rather than moving it afterwards.
     model, processor = load_vlm(checkpoint, device=run.state.device, what="checkpoint")
@@ -146,7 +147,7 @@ def _evaluate_retrieval(run, checkpoint: str | Path) -> dict[str, Any]:
     cfg = run.cfg
     encoder = load_encoder(checkpoint)
     if not encoder.has_text:
-        raise ValueError(f"eval.task.output_type=retrieval needs a dual encoder, but checkpoint={checkpoint} is a VLM")
+        raise ConfigError(f"eval.task.output_type=retrieval needs a dual encoder, but checkpoint={checkpoint} is a VLM")
     records = eval_records(cfg.eval, cfg.data, run.dir)
     rows = retrieval_rows(encoder, records, cfg.eval.task, run.state, cfg.eval.batch_size)
     metrics = score_rows(cfg.eval.task, rows)

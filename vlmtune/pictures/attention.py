@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.errors import ConfigError
 from vlmtune.pictures import figure, save
 
 
@@ -19,7 +20,7 @@ def attention_maps(tower, pixel_values: torch.Tensor) -> torch.Tensor:
     loaded with `attn_implementation="eager"` (SDPA kernels return no weights): see `load_tower_for_attention`."""
     output = tower(pixel_values=pixel_values.to(tower.dtype), output_attentions=True)
     if not output.attentions:
-        raise ValueError(f"{type(tower).__name__} returns no attention weights (a CNN has none to draw)")
+        raise ConfigError(f"{type(tower).__name__} returns no attention weights (a CNN has none to draw)")
     weights = output.attentions[-1].float().mean(dim=1)  # (images, queries, keys), heads averaged
     patch = tower.config.patch_size
     rows, cols = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmtune.data.images import load_image
+from vlmtune.errors import CheckpointError, ConfigError
 
 
 class Encoder:
@@ -51,7 +52,7 @@ class Encoder:
     def texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """(N, dim) embeddings of texts; a VLM's vision tower has no text side."""
         if not self.dual:
-            raise ValueError(f"{self.path} is a VLM: its vision tower embeds images only; embed texts with a dual "
+            raise ConfigError(f"{self.path} is a VLM: its vision tower embeds images only; embed texts with a dual "
                              "encoder (a `vlmtune contrastive` checkpoint, CLIP or SigLIP)")
         out = []
         for start in range(0, len(texts), batch_size):
@@ -68,7 +69,7 @@ def load_encoder(path: str | Path, what: str = "checkpoint") -> Encoder:
 
     local = str(path).startswith((".", "/", "~")) or Path(path).exists()
     if local and not any((Path(path) / name).exists() for name in ("config.json", ADAPTER_CONFIG)):
-        raise FileNotFoundError(f"{what}={path} is not a checkpoint directory (no config.json); give a dual encoder "
+        raise CheckpointError(f"{what}={path} is not a checkpoint directory (no config.json); give a dual encoder "
                                 "(a `vlmtune contrastive` run's checkpoint/, CLIP, SigLIP) or a VLM checkpoint")
     if not is_adapter(path) and is_dual_encoder(path):
         model, processor, _ = load_dual(path, what)

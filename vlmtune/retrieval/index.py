@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmtune.errors import ConfigError
+
 EMBEDDINGS = "embeddings.parquet"
 META = "embed.json"
 
@@ -48,7 +50,7 @@ class EmbeddingIndex:
 
         folder = Path(folder)
         if not (folder / EMBEDDINGS).exists() or not (folder / META).exists():
-            raise FileNotFoundError(f"{what}={folder} holds no {EMBEDDINGS} / {META}; give the run directory of a "
+            raise ConfigError(f"{what}={folder} holds no {EMBEDDINGS} / {META}; give the run directory of a "
                                     "`vlmtune embed` run")
         rows = load_dataset("parquet", data_files=str(folder / EMBEDDINGS), split="train")
         return cls(rows, json.loads((folder / META).read_text()), folder)
@@ -56,10 +58,10 @@ class EmbeddingIndex:
     def column(self, target: str) -> str:
         """The embedding column holding `target` (image | text), checked to exist."""
         if target not in ("image", "text"):
-            raise ValueError(f"target={target!r}: expected image or text")
+            raise ConfigError(f"target={target!r}: expected image or text")
         name = f"{target}_embedding"
         if name not in self.rows.column_names:
-            raise ValueError(f"{self.folder} has no text embeddings: {self.meta.get('checkpoint')} is a VLM, whose "
+            raise ConfigError(f"{self.folder} has no text embeddings: {self.meta.get('checkpoint')} is a VLM, whose "
                              "vision tower embeds images only; search its images, or embed with a dual encoder")
         return name
 

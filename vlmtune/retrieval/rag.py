@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmtune.config import RetrievalAugmentConfig
+from vlmtune.errors import ConfigError
 
 
 def _question(record: dict[str, Any]) -> str:
@@ -21,16 +22,14 @@ def retrieved_captions(records: list[dict[str, Any]], cfg: RetrievalAugmentConfi
     from vlmtune.retrieval.index import EmbeddingIndex
 
     if cfg.k < 1:
-        raise ValueError(f"eval.retrieval.k={cfg.k}: retrieve at least one caption")
-    if cfg.query not in ("image", "text"):
-        raise ValueError(f"eval.retrieval.query={cfg.query!r}: expected image or text")
+        raise ConfigError(f"eval.retrieval.k={cfg.k}: retrieve at least one caption")
     index = EmbeddingIndex.load(cfg.embeddings, "eval.retrieval.embeddings")
     index.column("text")  # the captions must have been embedded (a dual encoder)
     encoder = load_encoder(index.meta["checkpoint"], what=f"the encoder recorded in {cfg.embeddings}")
     if cfg.query == "image":
         missing = [r["id"] for r in records if not r["images"]]
         if missing:
-            raise ValueError(f"eval.retrieval.query=image, but samples {missing[:5]} have no image; use query=text")
+            raise ConfigError(f"eval.retrieval.query=image, but samples {missing[:5]} have no image; use query=text")
         queries = encoder.images([r["images"][0] for r in records], batch_size)
     else:
         queries = encoder.texts([_question(r) for r in records], batch_size)
