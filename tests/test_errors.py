@@ -137,8 +137,11 @@ CASES = {
     "not_a_checkpoint": (["evaluate", "logger=none", "checkpoint={not_a_checkpoint}"], "not_a_checkpoint"),
     "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "truncated_checkpoint"),
     "adapter_base_moved": (["evaluate", "logger=none", "checkpoint={moved_adapter}"], "the_base_that_moved"),
-    "quantized_to_export": (["export", "checkpoint={quantized}"], "not an adapter directory"),
+    "quantized_to_export": (["export", "checkpoint={quantized}"], "is quantized (bitsandbytes): export writes"),
     "resume_missing": (_sft("resume={root}/no_such_step", "init_from={pretrain}"), "resume="),
+    "unknown_quantize_variant": (["quantize", "logger=none", "checkpoint={sft}", "variants=[int8,int3]"], "'int3'"),
+    "wrong_image_position": (["chat", "checkpoint={sft}", "question=Hi", "answer.image_position=middle"],
+                             "answer.image_position"),
     # evaluation tasks
     "task_missing_column": (["evaluate", "logger=none", "checkpoint={sft}", "eval/task=vqav2",
                              "eval.task.dataset_path={task_columns}"], "answers"),

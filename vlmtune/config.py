@@ -37,6 +37,7 @@ SelectStrategy = choices("SelectStrategy", "default", "full", "patches")
 ImagePolicy = choices("ImagePolicy", "resize", "pad")
 Dtype = choices("Dtype", "float32", "bfloat16", "float16")
 QuantType = choices("QuantType", "nf4", "fp4")
+ImagePosition = choices("ImagePosition", "before", "after")
 LoggerBackend = choices("LoggerBackend", "wandb", "none")
 LoggerMode = choices("LoggerMode", "online", "offline", "disabled")
 DataAction = choices("DataAction", "inspect", "check")
@@ -107,7 +108,7 @@ class DataConfig:
     # Training: stream the data (never held in memory; needs optim.max_steps; see vlmtune/data/streaming.py).
     # Test split: read datasets sources lazily (with max_test_samples, only that many rows are read).
     streaming: bool = False
-    format: str = "auto"  # llava | sharegpt | messages | auto (by each record's keys); see vlmtune/data/formats.py
+    format: str = "auto"  # llava | sharegpt | messages | vqa | auto (by each record's keys); see data/formats.py
     split: str = "train"  # split of `train` when it is a datasets folder or hub id
     test_split: str = "test"  # split of `test` when it is a datasets folder or hub id
     image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
@@ -433,14 +434,67 @@ class QuantizeRecipeConfig(RecipeConfig):
     checkpoint: str = MISSING  # model directory to quantize (a LoRA adapter directory is merged first)
     data: DataConfig = field(default_factory=DataConfig)  # the test split used to measure accuracy
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings
-    bits: list[int] = field(default_factory=lambda: [8, 4])  # bitsandbytes widths to compare with full precision
-    quant_type: QuantType = QuantType["nf4"]  # 4-bit weight type, nf4 | fp4
-    save: bool = True  # also write each quantized model as a checkpoint directory
+    # Variants to compare with full precision (keys of vlmtune.quant.variants.VARIANTS): int8 nf4 fp4 (bitsandbytes),
+    # torchao_int8 torchao_int8_dynamic torchao_int4 (extra torchao), quanto_int8 quanto_int4 (extra quanto),
+    # awq_int4 (extra autoround). Each is saved as <run_dir>/<variant>/ and measured reloaded from there.
+    variants: list[str] = field(default_factory=lambda: ["int8", "nf4"])
+    group_size: int = 128  # int4 weights (torchao_int4, awq_int4): values sharing one scale; must divide the widths
+    calibration_samples: int = 64  # training samples (images + prompts, data.train) that calibrate awq_int4
+    latency_samples: int = 32  # test questions also answered one at a time (batch 1) for latency and tokens/s
 
 
 @dataclass
 class ExportRecipeConfig(RecipeConfig):
-    checkpoint: str = MISSING  # adapter directory to merge into its base
+    checkpoint: str = MISSING  # adapter directory to merge into its base, or a full checkpoint to rewrite
+    results: str | None = None  # an evaluate run's results.json: its metrics go into the model card
+
+
+@dataclass
+class AnswerConfig:
+    """How chat, predict and serve answer: greedy, as evaluate does, so the three give evaluate's answers."""
+
+    max_new_tokens: int = 128  # generation budget per answer (answers end earlier at the model's end token)
+    stop_strings: list[str] = field(default_factory=list)  # cut an answer at the first of these strings
+    # Where an image goes in a question without <image> placeholders: before | after the text. Match the training
+    # data (the demo's shapes questions end with the image: after).
+    image_position: ImagePosition = ImagePosition["before"]
+
+
+@dataclass
+class ChatRecipeConfig(RecipeConfig):
+    """`vlmtune chat`: a terminal conversation with a checkpoint, streamed; `question=` answers once and exits."""
+
+    checkpoint: str = MISSING  # full, adapter (merged on load), quantized (quantize's variants) or HF VLM directory
+    image: str | None = None  # the image the first question is about (/image <path> loads another)
+    question: str | None = None  # answer this one question, print the answer and exit; None = interactive
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
+
+
+@dataclass
+class PredictRecipeConfig(RecipeConfig):
+    """`vlmtune predict`: answers for a folder of images (one question) or a data file, to a resumable JSONL."""
+
+    checkpoint: str = MISSING  # full, adapter (merged on load), quantized (quantize's variants) or HF VLM directory
+    input: str = MISSING  # a folder of images (with `question`), or a .json/.jsonl/.parquet file / datasets folder
+    question: str | None = None  # the question asked about every image of the `input` folder
+    output: str = MISSING  # the answers (JSONL, one per id); a rerun with the same output skips answered ids
+    format: str = "auto"  # records' format in a data file: llava | sharegpt | messages | vqa | auto
+    image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
+    on_error: OnError = OnError["raise"]  # a bad record or image: raise (stop, naming file and line) | skip (go on)
+    max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs
+    batch_size: int = 16  # questions per generation batch on each process
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
+
+
+@dataclass
+class ServeRecipeConfig(RecipeConfig):
+    """`vlmtune serve`: a local web page (Gradio) to upload an image and talk to a checkpoint."""
+
+    checkpoint: str | None = None  # the checkpoint to open first; None = the first one found under `runs`
+    runs: str | None = None  # a run directory: every checkpoint under it is offered in a list to switch between
+    host: str = "127.0.0.1"  # address to listen on (localhost only by default)
+    port: int = 7860  # port to listen on; 0 = any free port
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
 
 
 @dataclass
@@ -481,3 +535,6 @@ def register_configs() -> None:
     store.store(name="contrastive_schema", node=ContrastiveRecipeConfig)
     store.store(name="embed_schema", node=EmbedRecipeConfig)
     store.store(name="search_schema", node=SearchRecipeConfig)
+    store.store(name="chat_schema", node=ChatRecipeConfig)
+    store.store(name="predict_schema", node=PredictRecipeConfig)
+    store.store(name="serve_schema", node=ServeRecipeConfig)

@@ -53,6 +53,14 @@ class MissingDependency(VlmtuneError, ImportError):
         super().__init__(f"{feature} needs the {package} package, which is not installed: {install}")
 
 
+def require(module: str, extra: str, feature: str) -> None:
+    """Raise MissingDependency (naming `extra`) unless `module` can be imported; nothing is imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise MissingDependency(feature, module, extra)
+
+
 class TrainingStopped(VlmtuneError, RuntimeError):
     """Training was stopped by a guard (non-finite loss, a part that cannot learn, a batch with nothing to learn)."""
 

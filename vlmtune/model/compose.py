@@ -2,7 +2,8 @@
 
 With the `mlp2x_gelu` projector the result *is* a transformers `LlavaForConditionalGeneration` with a
 `LlavaProcessor`: plain transformers, TRL, PEFT and vLLM load the saved checkpoint without importing vlmtune. Other
-projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` registers with the Auto classes.
+projectors give the `vlmtune` model type (modeling.py), which `vlmtune.register_auto_classes()` registers with the
+Auto classes.
 """
 
 from __future__ import annotations
