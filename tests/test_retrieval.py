@@ -88,7 +88,8 @@ def test_embeddings_are_written_with_ids_and_searched_by_text_and_image(road):
 def test_an_ivf_index_returns_what_the_flat_index_returns(road, tmp_path):
     query = ["embeddings=" + str(road / "embed"), "text=a red circle and a blue square.", "logger=none", "k=3"]
     vlmtune("search", f"run_dir={tmp_path / 'flat'}", *query)
-    vlmtune("search", f"run_dir={tmp_path / 'ivf'}", *query, "index=IVF2,Flat")
+    # Quoted: Hydra reads a bare comma as a list.
+    vlmtune("search", f"run_dir={tmp_path / 'ivf'}", *query, "index='IVF2,Flat'")
     flat, ivf = (json.loads((tmp_path / d / "search.json").read_text())["results"] for d in ("flat", "ivf"))
     assert [hit["score"] for hit in ivf] == pytest.approx([hit["score"] for hit in flat], abs=1e-5)
 
