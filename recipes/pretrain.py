@@ -24,6 +24,8 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.memory import preflight
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
+    from vlmtune.pictures.run import write_pictures
+    from vlmtune.processes import is_main_process
     from vlmtune.runs import log, start_run
     from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.sft import fit
@@ -47,14 +49,16 @@ def main(cfg: DictConfig) -> None:
                                        state=run.state)
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
-    fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        preemption=run.preemption, callbacks=captions.callbacks)
+    history = fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+                  preemption=run.preemption, callbacks=captions.callbacks)
     if captions.streamed:
         run.record_data("train", captions.report)
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
     save_trained(run, model, processor, "pretrain", facts)
+    if is_main_process():
+        write_pictures(run.dir, history, "pretrain (projector alignment)", model, processor)  # loss.png, model.png
     run.finish()
 
 

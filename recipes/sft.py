@@ -26,6 +26,8 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.eval.run import evaluate_checkpoint, held_out_records
     from vlmtune.memory import preflight
     from vlmtune.model.base import load_for_training, training_base
+    from vlmtune.pictures.run import write_pictures
+    from vlmtune.processes import is_main_process
     from vlmtune.runs import start_run
     from vlmtune.train.policy import quantization_for
     from vlmtune.train.probe import GenerationEval
@@ -52,12 +54,14 @@ def main(cfg: DictConfig) -> float | None:
         probe = held_out_records(cfg.data, run.dir)[: cfg.eval_samples]
         callbacks.append(GenerationEval(processor, probe, cfg.eval, cfg.eval_steps, run.state,
                                         table_rows=cfg.logger.log_samples))
-    fit(model, processor, train.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        preemption=run.preemption, callbacks=callbacks)
+    history = fit(model, processor, train.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+                  preemption=run.preemption, callbacks=callbacks)
     if train.streamed:
         run.record_data("train", train.report)
 
     checkpoint = save_trained(run, model, processor, "sft", facts, init_from=base)
+    if is_main_process():
+        write_pictures(run.dir, history, "sft (instruction tuning)")  # loss.png
     # Score the artifact as written (adapters merged the way any later user loads them), not the live model.
     metrics = evaluate_checkpoint(run, checkpoint) if cfg.evaluate_at_end and cfg.data.test else None
     run.finish()

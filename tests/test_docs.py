@@ -135,6 +135,13 @@ def documented_commands() -> dict[str, str]:
     return commands
 
 
+# docs/roadmap.md, the guided tour: tests/test_roadmap.py runs each of its `vlmtune` commands in order, as written
+# (conftest.road, with fast overrides after them).
+ROADMAP_TEST = "tests/test_roadmap.py::test_each_step_leaves_its_number"
+ELSEWHERE.update({command: ROADMAP_TEST for command, doc in documented_commands().items()
+                  if doc == "roadmap.md" and command.startswith("vlmtune ")})
+
+
 def test_every_documented_command_is_run_somewhere():
     known = {*WALKTHROUGH, *COMPOSE_ONLY, *ELSEWHERE}
     unknown = {command: doc for command, doc in documented_commands().items() if command not in known}

@@ -24,6 +24,9 @@ RECIPES = {
     "serve": "a local web page (Gradio, the serve extra): upload an image, ask, switch checkpoints",
     "describe": "print the model sft would train: parts, parameters per part, image tokens, what is trainable",
     "data": "`data inspect`: samples with supervised / masked / image spans; `data check`: validate and report",
+    "contrastive": "CLIP / SigLIP training of a dual encoder on image-caption pairs; saves its vision tower too",
+    "embed": "image and caption embeddings of a data split (Parquet, with ids) from a dual encoder or a VLM",
+    "search": "the nearest images or captions of an `embed` output to a text or an image (FAISS), as a grid",
 }
 
 

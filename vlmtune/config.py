@@ -43,6 +43,8 @@ LoggerMode = choices("LoggerMode", "online", "offline", "disabled")
 DataAction = choices("DataAction", "inspect", "check")
 Color = choices("Color", "auto", "always", "never")
 Split = choices("Split", "train", "test")
+Negatives = choices("Negatives", "none", "swap")
+Modality = choices("Modality", "image", "text")
 # transformers' SchedulerType values (tests/test_units.py keeps them in step with the installed transformers).
 Scheduler = choices("Scheduler", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
@@ -267,6 +269,24 @@ class EvalTaskConfig:
     metric_list: list[TaskMetricConfig] = field(
         default_factory=lambda: [TaskMetricConfig(metric="exact_match", name="accuracy")])
     limit: int | None = None  # evaluate only the first N docs (before splitting across processes)
+    # How the checkpoint answers: generate_until (a VLM writes answers) | retrieval (a dual encoder ranks the images
+    # and captions of all docs against each other: recall@k both ways, zero-shot classification)
+    output_type: str = "generate_until"
+    # retrieval: a regex whose first group, applied to each doc's target caption, is the doc's class for zero-shot
+    # classification (e.g. "^a (\w+ \w+)": the synthetic captions' leftmost shape); null = no classification
+    class_label: str | None = None
+    class_template: str = "a photo of a {}."  # retrieval: the text each class name is embedded as
+
+
+@dataclass
+class RetrievalAugmentConfig:
+    """Retrieval-augmented VQA: the k nearest captions of a `vlmtune embed` index go into each question's prompt."""
+
+    embeddings: str | None = None  # a `vlmtune embed` run directory (its encoder and caption embeddings); None = off
+    k: int = 3  # captions put into each prompt
+    # what searches the captions: image (the question's image, across modalities) | text
+    query: Modality = Modality["image"]
+    template: str = "Similar pictures: {captions}\n"  # put before the question; {captions} = the captions, spaced
 
 
 @dataclass
@@ -276,6 +296,8 @@ class EvalConfig:
     stop_strings: list[str] = field(default_factory=list)  # cut a prediction at the first of these strings
     likelihood: bool = False  # also report loss / perplexity of the assistant tokens (teacher forcing)
     task: EvalTaskConfig = field(default_factory=EvalTaskConfig)  # what to evaluate on (eval/task=<name>)
+    # Also score every question with retrieved captions in its prompt, reported beside the plain scores.
+    retrieval: RetrievalAugmentConfig = field(default_factory=RetrievalAugmentConfig)
 
 
 @dataclass
@@ -328,6 +350,76 @@ class TrainRecipeConfig(RecipeConfig):
     save_steps: int = 0  # write a resumable checkpoint (weights, optimizer, RNG) every N steps; 0 = only at the end
     save_total_limit: int = 2  # keep this many step checkpoints (the oldest are deleted)
     resume: str = "auto"  # auto: continue from the newest complete step checkpoint in run_dir | never | a path
+
+
+@dataclass
+class TextConfig:
+    path: str | None = MISSING  # HF hub id or local directory of a text encoder (BERT-like, a CLIP/SigLIP text tower)
+    max_length: int = 64  # captions are cut to this many tokens
+
+
+@dataclass
+class DualEncoderConfig:
+    """A dual encoder: an existing CLIP / SigLIP checkpoint (`path`), or a vision tower and a text encoder joined by
+    new projection heads (transformers' VisionTextDualEncoderModel)."""
+
+    path: str | None = None  # a CLIP / SigLIP / dual encoder checkpoint to train as it is; None = compose the towers
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the image tower (any model/vision entry's path)
+    text: TextConfig = field(default_factory=TextConfig)  # the text tower (a model/text entry)
+    projection_dim: int = 64  # width of the shared embedding space (composed towers only)
+    dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
+
+
+@dataclass
+class DualPolicyConfig:
+    """What trains in a dual encoder; the projection heads, temperature and bias always train."""
+
+    vision: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # frozen | full | lora
+    text: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # frozen | full | lora
+
+
+@dataclass
+class ContrastiveRecipeConfig(RecipeConfig):
+    """`vlmtune contrastive`: train a dual encoder on image-caption pairs (each sample's image and its last answer)."""
+
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # the towers
+    data: DataConfig = field(default_factory=DataConfig)  # image-caption pairs (train) and held-out pairs (test)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule; batch_size is per process
+    policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)  # frozen / full / lora per tower
+    peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA settings (r, alpha, dropout) for lora towers
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the retrieval task scored before and after training
+    # clip: InfoNCE both ways with a learned temperature | siglip: a sigmoid per pair, learned temperature and bias
+    loss: str = "clip"
+    # Hard negatives: none | swap: each caption with two of its phrases (or words) swapped is one more wrong caption
+    # for its image (NegCLIP): order and attribute binding, which in-batch negatives rarely test, must be encoded.
+    negatives: Negatives = Negatives["none"]
+    evaluate_at_end: bool = True  # score data.test's pairs (recall@k, zero-shot) before and after training
+    logging_steps: int = 10  # log the training loss every N steps
+    save_steps: int = 0  # write a resumable checkpoint every N steps; 0 = only at the end
+    save_total_limit: int = 2  # keep this many step checkpoints
+    resume: str = "auto"  # auto: continue from the newest complete step checkpoint in run_dir | never | a path
+
+
+@dataclass
+class EmbedRecipeConfig(RecipeConfig):
+    """`vlmtune embed`: image and caption embeddings of a data split, with ids, for search and retrieval."""
+
+    checkpoint: str = MISSING  # a dual encoder (CLIP, SigLIP, a contrastive run) or a VLM (image embeddings only)
+    data: DataConfig = field(default_factory=DataConfig)  # the samples: each one's image and last answer (caption)
+    split: Split = Split["train"]  # which split of `data` to embed: train | test
+    batch_size: int = 64  # images or captions per forward pass
+
+
+@dataclass
+class SearchRecipeConfig(RecipeConfig):
+    """`vlmtune search`: the nearest items of a `vlmtune embed` output to a text or an image."""
+
+    embeddings: str = MISSING  # a `vlmtune embed` run directory
+    text: str | None = None  # the query as text...
+    image: str | None = None  # ...or as an image file
+    target: Modality = Modality["image"]  # what to return: image (the nearest images) | text (the nearest captions)
+    k: int = 5  # how many
+    index: str = "Flat"  # FAISS index factory string: Flat (exact inner product) or e.g. IVF16,Flat (trained)
 
 
 @dataclass
@@ -440,6 +532,9 @@ def register_configs() -> None:
     store.store(name="export_schema", node=ExportRecipeConfig)
     store.store(name="data_tools_schema", node=DataToolsConfig)
     store.store(name="dpo_schema", node=DPORecipeConfig)
+    store.store(name="contrastive_schema", node=ContrastiveRecipeConfig)
+    store.store(name="embed_schema", node=EmbedRecipeConfig)
+    store.store(name="search_schema", node=SearchRecipeConfig)
     store.store(name="chat_schema", node=ChatRecipeConfig)
     store.store(name="predict_schema", node=PredictRecipeConfig)
     store.store(name="serve_schema", node=ServeRecipeConfig)

@@ -5,7 +5,8 @@ conf entry's `path` differs. Everything here is deterministic and offline:
 
 - tokenizer.py: the one BPE trainer, and the chatml tokenizer the tiny LLMs share;
 - parts.py: vision encoders (SigLIP, CLIP, DINOv2, ViT, ConvNeXt) and LLMs (Llama, Qwen2, Phi-3) to compose;
-- vlms.py: complete HF VLMs (llava, idefics3, qwen2_vl) for `model=hf_vlm`.
+- vlms.py: complete HF VLMs (llava, idefics3, qwen2_vl) for `model=hf_vlm`;
+- dual.py: a CLIP text encoder and a CLIPModel dual encoder for `vlmtune contrastive`, `embed` and `search`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vlmtune.tiny.dual import write_dual_encoder, write_text_encoder
 from vlmtune.tiny.parts import IMAGE_SIZE, LLM, PATCH_SIZE, VISION, sincos_2d, write_llm, write_vision
 from vlmtune.tiny.tokenizer import write_tokenizer
 from vlmtune.tiny.vlms import ARCHITECTURES, write_tiny_vlm
 
 __all__ = ["IMAGE_SIZE", "PATCH_SIZE", "sincos_2d", "write_tiny_parts"]
 
-TINY_VERSION = 6  # bump when the tiny parts change, so stale caches are rewritten
+TINY_VERSION = 7  # bump when the tiny parts change, so stale caches are rewritten
 
 
 def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
@@ -37,6 +39,8 @@ def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
     writers |= {f"vision/{k}": (lambda d, k=k: write_vision(k, d)) for k in VISION}
     writers |= {f"llm/{k}": (lambda d, k=k: write_llm(k, d, tokenizer)) for k in LLM}
     writers |= {f"vlm/{arch}": (lambda d, a=arch: write_tiny_vlm(a, d)) for arch in ARCHITECTURES}
+    writers["text/clip"] = lambda d: write_text_encoder(d, tokenizer)
+    writers["dual/clip"] = lambda d: write_dual_encoder(d, cache_dir / "vision" / "clip", cache_dir / "text" / "clip")
     parts = {name: cache_dir / name for name in writers}
     stamp = cache_dir / "tiny.json"
     if not force and stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_VERSION:
