@@ -11,7 +11,7 @@ paths in vlmtune.model.parts), whatever the backend:
   `from_pretrained`.
 - optimum-quanto (extra `quanto`): `quanto_int8`, `quanto_int4` (weights only). transformers cannot save a quanto
   model, so the variant is saved with quanto's own serialization (safetensors state dict + `quanto_qmap.json`) and
-  reloaded with `optimum.quanto.requantize` (`vlmtune.quant.saved.load_quanto`; `load_vlm` does it for such a directory).
+  reloaded with `optimum.quanto.requantize` (`vlmtune.quant.saved.load_quanto`; `load_vlm` does it for such a folder).
 - auto-round (extra `autoround`): `awq_int4`: AWQ scales (activation-aware, calibrated on images + prompts from the
   training set through the checkpoint's own processor and chat template), then 4-bit round-to-nearest weights in
   groups of 32, saved in auto-round's format and reloaded by `from_pretrained` (transformers' AutoRoundConfig).
