@@ -12,6 +12,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from vlmtune.compat import deepspeed_on_cpu_quietly
+
 RECIPES = {
     "pretrain": "stage 1: train the projector on captions (vision tower and LLM frozen)",
     "sft": "stage 2: instruction tuning with LoRA / QLoRA / full fine-tuning (TRL SFTTrainer)",
@@ -71,6 +73,7 @@ def _run_recipe(name: str, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    deepspeed_on_cpu_quietly()  # before any command imports transformers, which imports DeepSpeed
     if argv[:1] == ["data"] and len(argv) > 1 and argv[1] in ("inspect", "check"):
         _run_recipe("data", [f"action={argv[1]}", *argv[2:]])
         return

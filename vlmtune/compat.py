@@ -95,3 +95,21 @@ def explain_bitsandbytes_kernels_message() -> None:
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _ExplainKernelsMessage) for f in logger.filters):
         logger.addFilter(_ExplainKernelsMessage())
+
+
+# Device files of the accelerators DeepSpeed can detect (NVIDIA, AMD ROCm, Intel GPUs, Ascend NPUs, Gaudi).
+_ACCELERATOR_DEVICES = ("nvidia*", "kfd", "dri", "davinci*", "accel*", "hl*")
+
+
+def deepspeed_on_cpu_quietly() -> None:
+    """Tell DeepSpeed it runs on the CPU when the machine has no accelerator device at all.
+
+    transformers imports DeepSpeed when it is installed, and DeepSpeed's detection then warns "Setting accelerator to
+    CPU. If you have GPU or other accelerator, we were unable to detect it." in every command of a CPU machine.
+    `DS_ACCELERATOR=cpu` is DeepSpeed's own way to say so; a value the user set wins.
+    """
+    import os
+    from pathlib import Path
+
+    if "DS_ACCELERATOR" not in os.environ and not any(any(Path("/dev").glob(p)) for p in _ACCELERATOR_DEVICES):
+        os.environ["DS_ACCELERATOR"] = "cpu"

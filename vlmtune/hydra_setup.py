@@ -62,9 +62,10 @@ def default_run_dir(runs: str) -> str:
 @cache
 def setup() -> None:
     """Register schemas and resolvers once per process (recipes call this at import)."""
-    from vlmtune.compat import explain_bitsandbytes_kernels_message
+    from vlmtune.compat import deepspeed_on_cpu_quietly, explain_bitsandbytes_kernels_message
 
     explain_bitsandbytes_kernels_message()  # before a recipe imports peft, which imports bitsandbytes
+    deepspeed_on_cpu_quietly()  # before a recipe imports transformers, which imports DeepSpeed
     register_configs()
     OmegaConf.register_new_resolver("vlmtune_cache", lambda: str(cache_dir()))
     OmegaConf.register_new_resolver("run_stamp", run_stamp)
