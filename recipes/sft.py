@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.hf_vlm import model_path, prepare_for_training
     from vlmtune.model.parts import model_type_at
     from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
     from vlmtune.train.probe import GenerationEval
@@ -60,6 +61,8 @@ def main(cfg: DictConfig) -> float | None:
     parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
     log.info("parameters:\n%s", parameters)
 
+    if cfg.vision_feature_cache:  # a frozen tower: epochs after the first read its features from disk
+        cache = cache_vision_features(model, cfg.vision_feature_cache)
     train = training_data(cfg.data, processor, run.dir)
     if not train.streamed:  # a stream's report is complete only when training ends
         run.record_data("train", train.report)
@@ -74,6 +77,8 @@ def main(cfg: DictConfig) -> float | None:
         callbacks=[*callbacks, *train.callbacks])
     if train.streamed:
         run.record_data("train", train.report)
+    if cfg.vision_feature_cache:
+        log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(base)))

@@ -51,9 +51,8 @@ def trainer_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) -> 
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
         ddp_find_unused_parameters=cfg.policy.vision.mode != "frozen",
-        # Batches of similar true lengths (the data pipeline's `length` column): less padding per batch.
-        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
-        length_column_name="length",
+        # Length-aware batches replace the training DataLoader (vlmtune.data.batching), not this sampler.
+        train_sampling_strategy="random",
     )
 
 
@@ -185,17 +184,25 @@ def sft_trainer(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir
     from datasets import IterableDataset
     from trl import SFTTrainer
 
+    from vlmtune.data.batching import length_batches, with_batch_sampler
     from vlmtune.data.packing import packed_collator
     from vlmtune.data.streaming import DecodeImages
     from vlmtune.train.guards import NonFiniteLossGuard, UntrainedPartGuard
+    from vlmtune.train.supervised_head import use_supervised_head
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
     args = sft_config(cfg, out_dir, report_to)
     # Last: it runs after the callbacks that request a save and raises before a non-finite step is saved.
     guard = NonFiniteLossGuard()
-    trainer = resuming_every_adapter(SFTTrainer)(model=model, args=args, train_dataset=train_dataset,
-                                                 processing_class=processor,
-                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), guard])
+    trainer_class = resuming_every_adapter(SFTTrainer)
+    batches = length_batches(train_dataset, cfg.data, cfg.optim.batch_size, cfg.seed, args.world_size,
+                             args.process_index)
+    if batches is not None:  # samples of similar length together under a token budget: little padding
+        trainer_class = with_batch_sampler(trainer_class, batches)
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, processing_class=processor,
+                            callbacks=[*(callbacks or []), UntrainedPartGuard(), guard])
+    if cfg.optim.supervised_head:  # the LM head only where a label is supervised (TRL's head projects all on CPUs)
+        use_supervised_head(trainer.model)
     streamed = isinstance(train_dataset, IterableDataset)
     if streamed:  # a stream's images are decoded per batch, in the collator: only a process's own batches
         trainer.data_collator = DecodeImages(trainer.data_collator)

@@ -1,0 +1,188 @@
+"""The speed-ups keep the plain path's loss: the LM head on supervised positions only, length-aware batches under a
+token budget, the vision feature cache in sft; and the benchmarks run end to end (their figures come from
+`make bench`, never from tests)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny):
+    from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
+    from vlmtune.model.compose import compose
+
+    torch.manual_seed(0)
+    return compose(ModelConfig(vision=VisionConfig(path=str(tiny / "vision" / "clip")),
+                               llm=LLMConfig(path=str(tiny / "llm" / "llama"))))
+
+
+def _examples(tmp_path) -> list[dict]:
+    """Samples of very different lengths: multi-turn with two images, one image, text only, a long answer."""
+    from vlmtune.data.records import read_samples, to_dataset
+
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")
+    Image.new("RGB", (20, 12), "blue").save(tmp_path / "blue.png")
+
+    def turns(*pairs):
+        return [{"from": who, "value": text} for q, a in pairs for who, text in (("human", q), ("gpt", a))]
+
+    records = [
+        {"id": "mt", "image": ["red.png", "blue.png"], "conversations": turns(
+            ("<image>\nWhat color?", "red"), ("<image>\nAnd this one?", "blue"), ("Same?", "no"))},
+        {"id": "one", "image": "red.png", "conversations": turns(("<image>\nWhat color?", "red"))},
+        {"id": "text", "conversations": turns(("Say no.", "no"))},
+        {"id": "long", "image": "blue.png", "conversations": turns(
+            ("<image>\nDescribe the image.", "a blue square, a red circle and a green triangle " * 6))},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    return list(to_dataset(read_samples(tmp_path / "d.json")))
+
+
+def test_supervised_head_gives_the_plain_loss_per_sample_and_its_gradients(model_and_processor, tmp_path):
+    """One padded batch through the supervised-only head: each sample's loss equals the model's own loss on that
+    sample alone (full logits, transformers' cross-entropy), and the batch's gradients equal the plain path's."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from vlmtune.train.supervised_head import supervised_token_log_probs, use_supervised_head
+
+    model, processor = model_and_processor
+    collate = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    examples = _examples(tmp_path)
+    batch = collate(examples)
+    model.train()
+    alone = [model(**collate([example])).loss for example in examples]
+    plain = model(**batch)  # transformers' loss over the whole padded batch: the mean over supervised tokens
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    assert use_supervised_head(model)
+    log_probs = supervised_token_log_probs(model, batch)
+    mask = batch["labels"][:, 1:] != -100
+    per_sample = -log_probs.sum(dim=1) / mask.sum(dim=1)
+    torch.testing.assert_close(per_sample, torch.stack(alone).detach(), atol=1e-5, rtol=1e-5)
+    fused = model(**batch, fused_lm_head=True)
+    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-5, rtol=1e-5)
+    fused.loss.backward()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+    # Without fused_lm_head the model's own forward runs (generation, evaluation): its loss, its logits.
+    torch.testing.assert_close(model(**batch).loss, plain.loss, atol=0, rtol=0)
+
+
+def test_supervised_head_keeps_trl_head_for_heads_it_does_not_reproduce(model_and_processor):
+    from vlmtune.train.supervised_head import supports_supervised_head
+
+    model, _ = model_and_processor
+    assert supports_supervised_head(model)
+    text_config = model.config.get_text_config()
+    text_config.logits_scaling = 4.0  # Granite-style output scaling: TRL's head knows it, this one does not
+    try:
+        assert not supports_supervised_head(model)
+    finally:
+        del text_config.logits_scaling
+
+
+def _llava_like_lengths(n: int, seed: int = 0) -> list[int]:
+    """49 image tokens + 16-400 text tokens, skewed like LLaVA-Instruct."""
+    rng = random.Random(seed)
+    return [49 + int(min(400, max(16, rng.lognormvariate(4.8, 0.6)))) for _ in range(n)]
+
+
+def test_token_budget_batches_visit_each_sample_once_per_epoch_with_little_padding():
+    from vlmtune.data.batching import TokenBudgetBatches, default_budget
+
+    lengths = _llava_like_lengths(300)
+    budget = default_budget(lengths, 8)
+    batches = TokenBudgetBatches(lengths, budget, seed=3)
+    epochs = []
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        epochs.append(list(batches))
+        assert sorted(i for batch in epochs[-1] for i in batch) == list(range(300))  # every sample, once
+        assert all(len(b) * max(lengths[i] for i in b) <= budget for b in epochs[-1])
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])  # same batches, new order
+    batches.set_epoch(1)
+    assert list(batches) == epochs[1]  # an epoch replays exactly (resume)
+    assert len(batches) <= 300 // 8 + 5  # about the steps of fixed batches of 8
+    rng = random.Random(0)
+    order = rng.sample(range(300), 300)
+    random_slots = sum(8 * max(lengths[i] for i in order[k:k + 8]) for k in range(0, 300, 8))
+    assert 1 - sum(lengths) / random_slots > 0.25 > 0.05 > batches.padding(lengths)
+
+
+def test_token_budget_batches_over_processes_give_each_step_the_one_process_batch():
+    """Each process takes every n-th sample of the same global batch; when every batch holds a sample per process
+    (these lengths), the global batches are the ones a single process trains."""
+    from vlmtune.data.batching import TokenBudgetBatches
+
+    lengths = _llava_like_lengths(102)
+    one = TokenBudgetBatches(lengths, 1500, seed=0)
+    ranks = [TokenBudgetBatches(lengths, 1500, seed=0, replicas=3, rank=r) for r in range(3)]
+    assert all(len(batch) >= 3 for batch in one.batches) and ranks[0].batches == one.batches
+    for epoch in range(2):
+        for sampler in [one, *ranks]:
+            sampler.set_epoch(epoch)
+        for whole, *shares in zip(one, *ranks, strict=True):
+            assert all(shares) and sorted(i for share in shares for i in share) == sorted(whole)
+    # A sample too long to share a batch still gives every process a sample: its batch grows past the budget.
+    assert all(len(batch) >= 3 for batch in TokenBudgetBatches([10, 10, 10, 900, 10], 1000, replicas=3).batches)
+    with pytest.raises(ValueError, match="data.batch_tokens=0"):
+        TokenBudgetBatches(lengths, 0)
+
+
+def test_length_batches_follow_the_config(tmp_path):
+    from datasets import Dataset
+
+    from vlmtune.config import DataConfig
+    from vlmtune.data.batching import length_batches
+
+    measured = Dataset.from_dict({"id": ["a", "b", "c"], "length": [10, 300, 20]})
+    assert length_batches(measured, DataConfig(), batch_size=2, seed=0) is not None  # on by default
+    assert length_batches(measured, DataConfig(group_by_length=False), batch_size=2, seed=0) is None
+    unmeasured = Dataset.from_dict({"id": ["a"], "length": [None]})
+    assert length_batches(unmeasured, DataConfig(), batch_size=2, seed=0) is None  # nothing to sort by
+    with pytest.raises(ValueError, match="data.group_by_length=false"):
+        length_batches(unmeasured, DataConfig(group_by_length=True), batch_size=2, seed=0)
+
+
+def _train(pipeline, out, **optim):
+    """A few sft steps from the pipeline's pretrain checkpoint through vlmtune's trainer; the trained adapter."""
+    from peft import get_peft_model_state_dict
+
+    from vlmtune.config import DataConfig, OptimConfig, TrainRecipeConfig
+    from vlmtune.data.training import training_data
+    from vlmtune.model.checkpoint import load_vlm
+    from vlmtune.train.fit import sft_trainer
+    from vlmtune.train.policy import apply_policy
+
+    pad_to = optim.pop("pad_to_multiple_of", None)
+    cfg = TrainRecipeConfig(run_dir=str(out), data=DataConfig(train=str(pipeline["data"])), resume="never",
+                            optim=OptimConfig(max_steps=4, batch_size=4, **optim))
+    model, processor = load_vlm(pipeline["pretrain"] / "checkpoint")
+    torch.manual_seed(0)  # the same LoRA initialisation in every run
+    model = apply_policy(model, cfg.policy, cfg.peft)
+    trainer = sft_trainer(model, processor, training_data(cfg.data, processor, out).dataset, cfg, out,
+                          report_to="none")
+    if pad_to:  # the unoptimised compute: every batch padded far beyond its longest sample
+        trainer.data_collator.collator.pad_to_multiple_of = pad_to
+    trainer.train()
+    return get_peft_model_state_dict(model)
+
+
+def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp_path):
+    """The defaults (token-budget batches, the supervised-only head) against the same batches through TRL's head on
+    every position, padded to a multiple of 64 tokens: the same adapter after 4 steps."""
+    pipeline = {**pipeline, "data": shapes / "train.json"}
+    fast = _train(pipeline, tmp_path / "fast")
+    plain = _train(pipeline, tmp_path / "plain", supervised_head=False, pad_to_multiple_of=64)
+    assert fast.keys() == plain.keys()
+    for name, tensor in fast.items():
+        torch.testing.assert_close(tensor, plain[name], atol=1e-5, rtol=1e-4, msg=name)
