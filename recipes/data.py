@@ -8,8 +8,9 @@ The processor comes from `init_from=<checkpoint>` or is built from `model.*` wit
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -25,9 +26,10 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.data.inspect import render
     from vlmtune.data.lengths import fit_lengths
     from vlmtune.data.records import read_split
+    from vlmtune.runs import validated
 
     hf_logging.disable_progress_bar()
-    cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
+    cfg = validated(cfg)  # the same validation as a real run
     if cfg.init_from:
         from transformers import AutoProcessor
 
@@ -43,8 +45,6 @@ def main(cfg: DictConfig) -> None:
         for sample in read_split(data, cfg.split):
             print(render(sample, processor, color))
         return
-    if cfg.action != "check":
-        raise ValueError(f"action={cfg.action!r}: expected inspect or check")
     report = DataReport()
     data = replace(cfg.data, on_error="skip", verify_images="full")  # find every problem, not only the first
     samples = read_split(data, cfg.split, report)
@@ -59,4 +59,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -5,8 +5,9 @@ Run as `vlmtune describe [overrides]`, e.g. `vlmtune describe model/vision=tiny_
 """
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -22,10 +23,11 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.compose import compose, template_key
     from vlmtune.model.hf_vlm import load_hf_vlm, resolve_template
     from vlmtune.model.parts import model_type_at
+    from vlmtune.runs import validated
     from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
 
     hf_logging.disable_progress_bar()
-    cfg = OmegaConf.to_object(cfg)  # the same validation as a real run
+    cfg = validated(cfg)  # the same validation as a real run
     qlora = cfg.policy.llm.mode == "qlora"
     template = "the checkpoint's"
     if cfg.init_from:
@@ -59,4 +61,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

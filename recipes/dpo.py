@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -25,28 +26,22 @@ setup()
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.errors import DataReport
     from vlmtune.data.preferences import read_preference_split, to_preference_dataset
-    from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
-    from vlmtune.model.parts import model_type_at
-    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.errors import ConfigError
+    from vlmtune.model.base import load_for_training, training_base
+    from vlmtune.model.checkpoint import load_vlm, save_checkpoint
+    from vlmtune.processes import is_main_process
+    from vlmtune.runs import log, start_run
     from vlmtune.train.dpo import fit_dpo, score_preferences
-    from vlmtune.train.policy import apply_policy, bnb_4bit_config, parameter_table
+    from vlmtune.train.policy import apply_policy, parameter_table, quantization_for
 
     run = start_run(cfg, "dpo")
     cfg = run.cfg
     if cfg.eval_steps > 0:
-        raise ValueError("eval_steps: dpo has no in-training evaluation; evaluate_at_end scores the margins")
+        raise ConfigError("eval_steps: dpo has no in-training evaluation; evaluate_at_end scores the margins")
 
-    init = Path(cfg.init_from).resolve()  # the adapter records its base: keep it valid from any working directory
-    base = init
-    modes = {cfg.policy.vision.mode, cfg.policy.projector.mode, cfg.policy.llm.mode}
-    lora = bool(modes & {"lora", "qlora"})
-    if is_adapter(init) and lora:  # the new adapter needs its base, the merged sft model, on disk
-        base = run.dir / "base"
-        if is_main_process() and not (base / "config.json").exists():  # a resumed run keeps its base
-            save_checkpoint(*load_vlm(init, what="init_from"), base, run.provenance(stage="merged init_from"))
-        run.wait_for_everyone()
-    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
-    model, processor = load_vlm(base, quantization_config=quantization, what="init_from")
+    base = training_base(run, cfg)  # an adapter given as init_from is merged into <run_dir>/base
+    model, processor = load_for_training(base, cfg, quantization_for(cfg, base))
+    lora = {cfg.policy.vision.mode, cfg.policy.projector.mode, cfg.policy.llm.mode} & {"lora", "qlora"}
     # TRL's reference: the adapter disabled under LoRA (nothing to load), a frozen copy for a full fine-tune.
     ref_model = None if lora else load_vlm(base, what="init_from")[0]
     model = apply_policy(model, cfg.policy, cfg.peft)
@@ -56,8 +51,9 @@ def main(cfg: DictConfig) -> float | None:
     pairs = read_preference_split(cfg.data, "train", report)
     run.record_data("train", report)
     fit_dpo(model, processor, to_preference_dataset(pairs), cfg, run.dir / "trainer", report_to=run.report_to,
-            ref_model=ref_model)
+            preemption=run.preemption, ref_model=ref_model)
 
+    init = Path(cfg.init_from).resolve()
     if is_main_process():
         save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
         log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
@@ -79,4 +75,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

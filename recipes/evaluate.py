@@ -8,6 +8,7 @@ Writes <run_dir>/predictions.jsonl, <run_dir>/metrics.json and <run_dir>/results
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -25,4 +26,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

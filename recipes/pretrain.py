@@ -8,6 +8,7 @@ Writes <run_dir>/checkpoint: a standard transformers checkpoint that `sft init_f
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -21,15 +22,17 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
-    from vlmtune.runs import is_main_process, log, start_run
+    from vlmtune.processes import is_main_process
+    from vlmtune.runs import log, start_run
     from vlmtune.train.feature_cache import cache_vision_features
-    from vlmtune.train.fit import fit
     from vlmtune.train.policy import apply_policy, parameter_table
+    from vlmtune.train.sft import fit
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
     check_streaming(cfg)
 
+    # The whole model is saved at the end, so nothing needs a base on disk: compose (or load) in memory.
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
     model = apply_policy(model, cfg.policy, cfg.peft)
     parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
@@ -44,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
     fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        callbacks=captions.callbacks)
+        preemption=run.preemption, callbacks=captions.callbacks)
     if captions.streamed:
         run.record_data("train", captions.report)
     if cfg.vision_feature_cache:
@@ -60,4 +63,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,6 +8,7 @@ accuracy per variant, and predictions_<variant>.jsonl; with `save`, each quantiz
 import hydra
 from omegaconf import DictConfig
 
+from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
 
 setup()
@@ -16,19 +17,19 @@ setup()
 @hydra.main(config_path="../conf", config_name="quantize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     import json
+    import tempfile
+    from pathlib import Path
 
     from vlmtune.eval.run import evaluate_model, held_out_records
-    from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.model.base import full_checkpoint
+    from vlmtune.model.checkpoint import load_vlm, save_checkpoint
     from vlmtune.model.parts import model_type_at
     from vlmtune.quantize import bnb_config, checkpoint_bytes, variant_name
     from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "quantize")
     cfg = run.cfg
-    source = cfg.checkpoint
-    if is_adapter(source):  # bitsandbytes quantizes at load time, so it needs a full checkpoint on disk
-        save_checkpoint(*load_vlm(source), run.dir / "merged", run.provenance(stage="merged adapter"))
-        source = run.dir / "merged"
+    source = full_checkpoint(run, cfg.checkpoint)  # bitsandbytes quantizes at load time: a full checkpoint on disk
 
     records = held_out_records(cfg.data, run.dir)
     model_type = model_type_at(source)  # which modules stay in full precision depends on the architecture
@@ -37,17 +38,21 @@ def main(cfg: DictConfig) -> None:
         name = variant_name(bits, cfg.quant_type)
         quantization = None if bits is None else bnb_config(bits, cfg.quant_type, model_type=model_type)
         model, processor = load_vlm(source, quantization_config=quantization)
-        out = source
-        if bits is not None and cfg.save:
+        size = checkpoint_bytes(source)
+        if bits is not None:
             # Saved before any forward pass: on CPU, bitsandbytes repacks 4-bit weights at the first forward (block
             # scales kept in bfloat16) and re-quantizes them when saving, so a model saved after evaluation is not
-            # the one that was evaluated. Saved first, reloading it gives exactly the answers below.
-            out = save_checkpoint(model, processor, run.dir / name, run.provenance(variant=name))
+            # the one that was evaluated. Saved first, reloading it gives exactly the answers below. Without
+            # `save`, it is written to a scratch folder only to measure its own size.
+            with tempfile.TemporaryDirectory(dir=run.dir) as scratch:
+                out = save_checkpoint(model, processor, run.dir / name if cfg.save else Path(scratch) / name,
+                                      run.provenance(variant=name))
+                size = checkpoint_bytes(out)
         rows, metrics = evaluate_model(model, processor, records, cfg.eval)
         # Per variant, so a saved int8 / nf4 checkpoint's `vlmtune evaluate` can be checked answer by answer.
         (run.dir / f"predictions_{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        table.append({"variant": name, "checkpoint_bytes": checkpoint_bytes(out),
-                      "memory_bytes": model.get_memory_footprint(), "accuracy": metrics["accuracy"]})
+        table.append({"variant": name, "checkpoint_bytes": size, "memory_bytes": model.get_memory_footprint(),
+                      "accuracy": metrics["accuracy"]})
         del model
 
     (run.dir / "quantize.json").write_text(json.dumps(table, indent=2))
@@ -63,4 +68,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,8 +14,8 @@ from vlmtune.config import DataConfig, LLMConfig, ModelConfig, OptimConfig, Trai
 from vlmtune.data.errors import DataReport
 from vlmtune.data.streaming import training_stream
 from vlmtune.model.compose import compose
-from vlmtune.train.fit import sft_trainer
 from vlmtune.train.policy import apply_policy
+from vlmtune.train.sft import sft_trainer
 
 
 def main(tiny: Path, data: Path, out: Path, steps: int) -> None:

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO
 
 from vlmtune.data.errors import DataError
+from vlmtune.errors import ConfigError
 from vlmtune.eval import metrics as m
 from vlmtune.eval.scoring import score_rows
 from vlmtune.eval.tasks import task_records
@@ -316,7 +317,7 @@ def test_bad_input_names_task_source_and_column(tmp_path):
     (tmp_path / "textvqa_images" / "1.jpg").unlink()
     with pytest.raises(DataError, match=r"task textvqa: .*row 1, column 'image'.*does not exist"):
         task_records(typed_task("textvqa", f"eval.task.dataset_path={source}"))
-    with pytest.raises(KeyError, match="valid values: .*anls.*vqa_accuracy"):
+    with pytest.raises(ConfigError, match="valid values: .*anls.*vqa_accuracy"):
         score_rows(typed_task("docvqa", "eval.task.metric_list=[{metric: anls_score}]"), [])
 
 

@@ -96,11 +96,22 @@ def test_the_template_renders_the_checkpoints_own_prompt_format(runs, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_evaluate_scores_the_checkpoint_with_left_padded_batches(runs, shapes, arch):
+    from vlmtune.data.records import read_samples
+    from vlmtune.eval.generate import generate_answers
+    from vlmtune.model.checkpoint import load_vlm
+
     out = runs[arch] / "evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert metrics["n"] == len(rows) == len(json.loads((shapes / "test.json").read_text()))
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["accuracy"] == pytest.approx(sum(r["score"] for r in rows) / len(rows))
+    # Each answer of a left-padded batch of 4 is the answer the prompt gets alone (no padding at all).
+    model, processor = load_vlm(runs[arch] / "checkpoint")
+    records = read_samples(shapes / "test.json", limit=4)
+    alone = [generate_answers(model, processor, [record], batch_size=1)[0]["prediction"] for record in records]
+    lengths = {len(processor.apply_chat_template(r["messages"][:-1], tokenize=True)) for r in records}
+    assert len(lengths) > 1, "the prompts must differ in length, or nothing was padded"
+    assert alone == [r["prediction"] for r in rows[:4]]
     suffix = {"llava": " ASSISTANT:", "idefics3": "<end_of_utterance>\nAssistant:",
               "qwen2_vl": "<|im_end|>\n<|im_start|>assistant\n"}[arch]
     assert all(r["prompt"].endswith(suffix) for r in rows)

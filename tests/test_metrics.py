@@ -320,7 +320,8 @@ def test_relaxed_accuracy_argument_order() -> None:
     assert M.relaxed_accuracy("100", ["95"]) == 0.0
     assert M.relaxed_correctness("95", "100") and not M.relaxed_correctness("100", "95")
     # Symmetric only when both relative changes agree, e.g. equal values.
-    assert M.relaxed_accuracy("100", ["100"]) == M.relaxed_accuracy("100", ["100"]) == 1.0
+    assert M.relaxed_accuracy("100", ["100"]) == 1.0 and M.relaxed_accuracy("104.9", ["100"]) == 1.0
+    assert M.relaxed_accuracy("105.1", ["100"]) == 0.0 and M.relaxed_accuracy("cat", ["Cat"]) == 1.0
     assert M.relaxed_accuracy("45", ["45%"]) == 0.0  # "%" converts only the side that carries it
 
 

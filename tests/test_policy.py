@@ -71,7 +71,7 @@ def test_trainable_part_without_parameters_is_refused(model, monkeypatch):
 
 
 def test_unknown_mode_and_qlora_without_4bit_are_refused(model):
-    with pytest.raises(ValueError, match=r"policy.projector.mode='lora': expected one of frozen, full"):
+    with pytest.raises(ValueError, match=r"policy.projector.mode=lora: expected one of frozen, full"):
         apply_policy(model, _policy(projector="lora"), PeftConfig())
     with pytest.raises(ValueError, match="needs the LLM loaded in 4-bit"):
         apply_policy(model, _policy(llm="qlora"), PeftConfig())
@@ -140,7 +140,7 @@ def test_gradient_checkpointing_per_part_gives_the_same_gradients(tiny):
 
 
 def test_precision_choice_per_device():
-    from vlmtune.train.fit import precision_flags
+    from vlmtune.train.trainer import precision_flags
 
     assert precision_flags("fp32") == (False, False)
     if torch.cuda.is_available():  # a GPU: bf16 where it is supported, fp16 allowed

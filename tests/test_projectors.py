@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 
 from vlmtune.config import LLMConfig, ModelConfig, ProjectorConfig, VisionConfig
+from vlmtune.errors import ConfigError
 from vlmtune.model.checkpoint import load_vlm, save_checkpoint
 from vlmtune.model.compose import compose
 from vlmtune.model.projectors import PROJECTORS
@@ -38,10 +39,6 @@ def _projector(name: str, **overrides) -> ProjectorConfig:
     return ProjectorConfig(**{**_yaml("projector", name), "num_queries": 6, **overrides})
 
 
-def _options(config: ProjectorConfig) -> dict:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}
-
-
 def test_conf_projectors_are_the_registry():
     assert PROJECTOR_NAMES == sorted(PROJECTORS)
 
@@ -50,7 +47,7 @@ def test_conf_projectors_are_the_registry():
 @pytest.mark.parametrize("grid", [(3, 3), (4, 4), (5, 7), (24, 24)])
 def test_token_count_contract(name, grid):
     """What a projector declares is what it emits, for grids its scale does and does not divide."""
-    projector = PROJECTORS.get(name)(40, 32, _options(_projector(name)))
+    projector = PROJECTORS.get(name)(40, 32, _projector(name))
     features = torch.randn(2, grid[0] * grid[1], 40)
     out = projector(features, grid)
     assert out.shape == (2, projector.output_tokens(grid[0] * grid[1], grid), 32)
@@ -60,12 +57,12 @@ def test_declared_counts():
     expected = {"linear": 81, "mlp": 81, "mlp2x_gelu": 81, "pixel_shuffle": 25, "conv_downsampler": 25,
                 "resampler": 6, "qformer": 6}
     for name, tokens in expected.items():
-        projector = PROJECTORS.get(name)(8, 8, _options(_projector(name, num_heads=2)))
+        projector = PROJECTORS.get(name)(8, 8, _projector(name, num_heads=2))
         assert projector.output_tokens(81, (9, 9)) == tokens, name
 
 
 def test_unknown_projector_lists_valid_keys():
-    with pytest.raises(KeyError, match=r"model\.projector\.name='mlp_2x'.*linear, mlp, mlp2x_gelu"):
+    with pytest.raises(ConfigError, match=r"model\.projector\.name='mlp_2x'.*linear, mlp, mlp2x_gelu"):
         PROJECTORS.get("mlp_2x")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,38 @@ def test_evaluate_scores_an_adapter_directory(pipeline):
     assert json.loads((out / "results.json").read_text())["quantization"] is None
 
 
-def test_sft_full_finetune_and_qlora_run(pipeline):
-    init = f"init_from={pipeline['pretrain'] / 'checkpoint'}"
-    for peft in ["none", "qlora"]:
-        out = pipeline["runs"] / f"sft-{peft}"
-        vlmtune("sft", f"run_dir={out}", init, f"peft={peft}", "evaluate_at_end=false", "logger=none", *FAST)
-        has_adapter = (out / "checkpoint" / "adapter_config.json").exists()
-        assert has_adapter == (peft == "qlora")
+def _losses(output: str) -> list[float]:
+    return [float(x) for x in re.findall(r"'loss': '([-\d.e]+)'", output)]
+
+
+def test_sft_full_finetune_trains_every_llm_weight_and_leaves_the_vision_tower(pipeline):
+    init = pipeline["pretrain"] / "checkpoint"
+    out = pipeline["runs"] / "sft-none"
+    output = vlmtune("sft", f"run_dir={out}", f"init_from={init}", "peft=none", "evaluate_at_end=false",
+                     "logger=none", *FAST, "optim.max_steps=8")
+    losses = _losses(output)
+    assert len(losses) == 8 and losses[-1] < losses[0], losses
+    assert not (out / "checkpoint" / "adapter_config.json").exists()
+    before, after = _weights(init), _weights(out / "checkpoint")
+    assert before.keys() == after.keys()
+    llm = [k for k in before if "language_model" in k and "norm" not in k]
+    assert llm and all(not torch.equal(before[k], after[k]) for k in llm), "every LLM matrix trains"
+    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k), "the tower stays frozen"
+
+
+def test_sft_qlora_trains_an_adapter_on_a_4bit_llm(pipeline):
+    out = pipeline["runs"] / "sft-qlora"
+    output = vlmtune("sft", f"run_dir={out}", f"init_from={pipeline['pretrain'] / 'checkpoint'}", "peft=qlora",
+                     "evaluate_at_end=false", "logger=none", *FAST, "optim.max_steps=8")
+    losses = _losses(output)
+    assert len(losses) == 8 and losses[-1] < losses[0], losses
+    # What the run trained on, as recorded with the adapter: the LLM's linear layers stored in 4-bit nf4.
+    quantization = json.loads((out / "checkpoint" / "vlmtune.json").read_text())["quantization"]
+    assert quantization["bits"] == 4 and quantization["quant_type"] == "nf4"
+    assert "model.vision_tower" in quantization["skip_modules"]
+    assert "linear layers in 4-bit: 28" in output  # 4 layers x (q, k, v, o, gate, up, down)
+    adapter = load_file(out / "checkpoint" / "adapter_model.safetensors")
+    assert any(adapter[n].abs().max() > 0 for n in adapter if ".lora_B." in n)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +111,16 @@ def test_quantize_table(quantized):
         config = json.loads((out / variant / "config.json").read_text())
         assert config["quantization_config"]["llm_int8_skip_modules"] == [
             "model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def test_quantize_without_saving_reports_each_variants_own_size(quantized, pipeline):
+    out = pipeline["runs"] / "quantize-unsaved"
+    vlmtune("quantize", f"run_dir={out}", f"checkpoint={pipeline['sft'] / 'checkpoint'}", "logger=none",
+            "eval.batch_size=4", "save=false")
+    unsaved, saved = ({row["variant"]: row["checkpoint_bytes"] for row in json.loads((d / "quantize.json").read_text())}
+                      for d in (out, quantized))
+    assert unsaved == saved and unsaved["nf4"] < unsaved["int8"] < unsaved["fp32"]
+    assert not (out / "int8").exists() and not (out / "nf4").exists()
 
 
 def test_evaluate_scores_saved_quantized_checkpoints_as_the_quantize_recipe_did(quantized, pipeline):

@@ -160,8 +160,8 @@ def _train(pipeline, out, **optim):
     from vlmtune.config import DataConfig, OptimConfig, TrainRecipeConfig
     from vlmtune.data.training import training_data
     from vlmtune.model.checkpoint import load_vlm
-    from vlmtune.train.fit import sft_trainer
     from vlmtune.train.policy import apply_policy
+    from vlmtune.train.sft import sft_trainer
 
     pad_to = optim.pop("pad_to_multiple_of", None)
     cfg = TrainRecipeConfig(run_dir=str(out), data=DataConfig(train=str(pipeline["data"])), resume="never",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from vlmtune.config import LLMConfig, ModelConfig, PartPolicy, PeftConfig, PolicyConfig, VisionConfig
 from vlmtune.data.errors import DataError
 from vlmtune.data.records import read_samples
+from vlmtune.errors import ConfigError
 from vlmtune.eval.generate import generate_answers
 from vlmtune.model.checkpoint import load_vlm, save_checkpoint
 from vlmtune.model.compose import compose
@@ -75,7 +77,7 @@ def test_stop_strings_cut_predictions(base_checkpoint, shapes):
 def test_registry_lists_valid_keys():
     registry: Registry[int] = Registry("model.projector.name")
     registry.add("mlp2x_gelu", 1)
-    with pytest.raises(KeyError, match="model.projector.name='mlp' is not known; valid values: mlp2x_gelu"):
+    with pytest.raises(ConfigError, match="model.projector.name='mlp' is not known; valid values: mlp2x_gelu"):
         registry.get("mlp")
 
 
@@ -162,3 +164,31 @@ def test_likelihood_is_the_training_loss_of_the_assistant_tokens(base_checkpoint
         assert abs(nll / tokens - expected) < 1e-4
     metrics = likelihood(model, processor, samples)
     assert metrics["tokens"] > 0 and abs(metrics["perplexity"] - math.exp(metrics["loss"])) < 1e-9
+
+
+def test_config_choices_are_the_libraries_values_and_refuse_others():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+    from transformers import SchedulerType
+
+    from vlmtune.config import OptimConfig, Scheduler
+
+    assert [s.value for s in Scheduler] == [s.value for s in SchedulerType]
+    optim = OmegaConf.structured(OptimConfig)
+    with pytest.raises(ValidationError, match=r"Invalid value 'bf17', expected one of \[auto, fp32, bf16, fp16\]"):
+        optim.precision = "bf17"
+    optim.precision = "bf16"
+    typed = OmegaConf.to_object(optim)
+    assert typed.precision == "bf16" and f"{typed.precision}" == "bf16"  # a choice is its own string
+
+
+def test_lora_targets_live_in_conf_and_are_peft_configs_defaults():
+    import yaml
+
+    from vlmtune.config import PeftConfig
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    targets = yaml.safe_load((conf / "lora_targets.yaml").read_text())["peft"]
+    assert targets == {"target": PeftConfig.target, "vision_target": PeftConfig.vision_target}
+    for entry in (conf / "peft").glob("*.yaml"):
+        assert "/lora_targets" in yaml.safe_load(entry.read_text())["defaults"], entry.name

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in RECIPES.items():
         sub.add_parser(name, help=text, add_help=False)
     args = parser.parse_args(argv)
-    args.func(args)
+    from vlmtune.errors import run_command
+
+    run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

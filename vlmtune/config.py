@@ -7,9 +7,45 @@ or a wrong type fails at start-up with the key's name, not deep inside a run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
+
+from vlmtune.errors import ConfigError
+
+
+class Choice(str, Enum):
+    """An option with a fixed set of values: OmegaConf refuses any other when the config is composed, listing the
+    valid ones. Members are their own strings (`mode == "lora"`, f-strings, JSON, dict keys)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+def choices(name: str, *values: str) -> type[Choice]:
+    return Choice(name, {value: value for value in values})  # member name == value: what users type
+
+
+PartMode = choices("PartMode", "frozen", "full", "lora", "qlora")
+Precision = choices("Precision", "auto", "fp32", "bf16", "fp16")
+OnError = choices("OnError", "raise", "skip")
+Truncation = choices("Truncation", "drop_turns", "drop_sample")
+VerifyImages = choices("VerifyImages", "header", "full")
+MixtureStop = choices("MixtureStop", "first_exhausted", "all_exhausted")
+SelectStrategy = choices("SelectStrategy", "default", "full", "patches")
+ImagePolicy = choices("ImagePolicy", "resize", "pad")
+Dtype = choices("Dtype", "float32", "bfloat16", "float16")
+QuantType = choices("QuantType", "nf4", "fp4")
+LoggerBackend = choices("LoggerBackend", "wandb", "none")
+LoggerMode = choices("LoggerMode", "online", "offline", "disabled")
+DataAction = choices("DataAction", "inspect", "check")
+Color = choices("Color", "auto", "always", "never")
+Split = choices("Split", "train", "test")
+# transformers' SchedulerType values (tests/test_units.py keeps them in step with the installed transformers).
+Scheduler = choices("Scheduler", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+                    "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy")
 
 
 @dataclass
@@ -20,8 +56,8 @@ class VisionConfig:
     feature_layer: Any = -2
     # Which tokens of the encoder go on: "default" drops the first (CLS) token, "full" keeps every token, "patches"
     # keeps only patch tokens (drops CLS and register tokens, e.g. DINOv2 with registers).
-    select_strategy: str = "default"
-    image_policy: str = "resize"  # resize: the processor's own resizing | pad: pad to a square first (LLaVA-1.5)
+    select_strategy: SelectStrategy = SelectStrategy["default"]
+    image_policy: ImagePolicy = ImagePolicy["resize"]  # resize: the processor's own resizing | pad: to a square first
 
 
 @dataclass
@@ -55,7 +91,7 @@ class ModelConfig:
     # (the tokenizer's own) or `auto`: the LLM's format (model.llm.template) when composing, the architecture's
     # when starting from an HF VLM.
     template: str = "auto"
-    dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
+    dtype: Dtype = Dtype["float32"]  # weights dtype when loading: float32 | bfloat16 | float16
 
 
 @dataclass
@@ -65,7 +101,7 @@ class DataConfig:
     # Weighted mixture for training instead of `train`: [{path, weight, format?, split?, image_root?}, ...].
     mixture: list[dict[str, Any]] = field(default_factory=list)
     mixture_seed: int = 0  # seeds the interleaving of the mixture's sources
-    mixture_stop: str = "first_exhausted"  # first_exhausted | all_exhausted (oversample smaller sources)
+    mixture_stop: MixtureStop = MixtureStop["first_exhausted"]  # first_exhausted | all_exhausted (oversample smaller)
     # Training: stream the data (never held in memory; needs optim.max_steps; see vlmtune/data/streaming.py).
     # Test split: read datasets sources lazily (with max_test_samples, only that many rows are read).
     streaming: bool = False
@@ -73,18 +109,18 @@ class DataConfig:
     split: str = "train"  # split of `train` when it is a datasets folder or hub id
     test_split: str = "test"  # split of `test` when it is a datasets folder or hub id
     image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
-    on_error: str = "raise"  # a bad sample: raise (stop, naming file and sample) | skip (leave it out, count it)
-    verify_images: str = "header"  # check images up front: header (exists, readable, size) | full (decode all)
+    on_error: OnError = OnError["raise"]  # a bad sample: raise (stop, naming file and sample) | skip (count it)
+    verify_images: VerifyImages = VerifyImages["header"]  # check images up front: header (exists, size) | full
     max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs (PIL's default limit)
     max_length: int | None = None  # tokens per sample, image tokens included; None = no limit
-    truncation: str = "drop_turns"  # over max_length: drop_turns (trailing exchanges) | drop_sample; never mid-image
+    truncation: Truncation = Truncation["drop_turns"]  # over max_length: drop_turns | drop_sample; never mid-image
     cache_dir: str | None = None  # measured lengths are cached here by datasets fingerprints (None: not cached)
     packing: bool = False  # each batch as one padding-free row (positions restart per sample; see packing.py)
     # Length-aware batches under a token budget, long and short samples apart (vlmtune/data/batching.py): None = on
     # wherever every sample's length is known before training (in-memory data), true = required, false = random
     # batches of optim.batch_size.
     group_by_length: bool | None = None
-    batch_tokens: int | None = None  # length-aware batches: padded tokens per batch; None = optim.batch_size x mean length
+    batch_tokens: int | None = None  # length-aware batches: padded tokens per batch; None = batch size x mean length
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples
     max_test_samples: int | None = None  # evaluate only the first N test samples
@@ -95,13 +131,13 @@ class OptimConfig:
     lr: float = 2e-4  # peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.03  # fraction of steps spent warming the learning rate up
-    scheduler: str = "cosine"  # transformers learning-rate scheduler name
+    scheduler: Scheduler = Scheduler["cosine"]  # transformers learning-rate scheduler
     epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
     max_steps: int = -1  # stop after this many optimizer steps (-1: run `epochs`)
     batch_size: int = 8  # samples per device per step
     grad_accum: int = 1  # gradient accumulation steps
     max_grad_norm: float = 1.0  # gradient clipping
-    precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16 (CUDA only)
+    precision: Precision = Precision["auto"]  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16
     # The LM head and the loss only at supervised positions, in vocabulary chunks (vlmtune/train/supervised_head.py);
     # false = at every position, as TRL does on CPUs.
     supervised_head: bool = True
@@ -109,7 +145,7 @@ class OptimConfig:
 
 @dataclass
 class PartPolicy:
-    mode: str = "frozen"  # frozen | full | lora | qlora (qlora: the LLM only, loaded in 4-bit)
+    mode: PartMode = PartMode["frozen"]  # frozen | full | lora | qlora (qlora: the LLM only, loaded in 4-bit)
     lr: float | None = None  # this part's learning rate; None = optim.lr
     weight_decay: float | None = None  # this part's AdamW weight decay; None = optim.weight_decay
     gradient_checkpointing: bool = False  # recompute this part's activations in the backward pass: less memory
@@ -124,9 +160,20 @@ class PartPolicy:
 class PolicyConfig:
     """What trains, part by part: checked at start, printed as a table, per-part rates as optimizer groups."""
 
-    vision: PartPolicy = field(default_factory=lambda: PartPolicy(mode="frozen"))  # the vision encoder
-    projector: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # the projector
-    llm: PartPolicy = field(default_factory=lambda: PartPolicy(mode="lora"))  # the language model (and lm_head)
+    vision: PartPolicy = field(default_factory=lambda: PartPolicy(mode=PartMode["frozen"]))  # the vision encoder
+    projector: PartPolicy = field(default_factory=lambda: PartPolicy(mode=PartMode["full"]))  # the projector
+    llm: PartPolicy = field(default_factory=lambda: PartPolicy(mode=PartMode["lora"]))  # the language model, lm_head
+
+    MODES = {"vision": ("frozen", "full", "lora"), "projector": ("frozen", "full"),
+             "llm": ("frozen", "full", "lora", "qlora")}  # what each part can be
+
+    def __post_init__(self) -> None:
+        for part, valid in self.MODES.items():
+            mode = getattr(self, part).mode
+            if mode not in valid:
+                raise ConfigError(f"policy.{part}.mode={mode}: expected one of {', '.join(valid)}")
+        if all(getattr(self, part).mode == "frozen" for part in self.MODES):
+            raise ConfigError("nothing would train: policy.vision, policy.projector and policy.llm are all frozen")
 
 
 @dataclass
@@ -144,17 +191,17 @@ class PeftConfig:
     # names cover Llama/Qwen/Mistral/Gemma (q_proj, ..., down_proj) and Phi-3's fused qkv_proj / gate_up_proj.
     target: str = r"{llm}\..*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|gate_up_proj|down_proj)"
     vision_target: str = r"{vision}\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2|query|key|value)"  # policy.vision=lora
-    quant_type: str = "nf4"  # qlora: 4-bit weight type, nf4 | fp4
+    quant_type: QuantType = QuantType["nf4"]  # qlora: 4-bit weight type, nf4 | fp4
     double_quant: bool = True  # qlora: quantize the quantization constants too
-    compute_dtype: str = "float32"  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)
+    compute_dtype: Dtype = Dtype["float32"]  # qlora: dtype of the de-quantized matmuls (bfloat16 on GPUs)
 
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"  # wandb | none
+    backend: LoggerBackend = LoggerBackend["wandb"]  # wandb | none
     project: str = "vlmtune"  # W&B project
     entity: str | None = None  # W&B entity (team or user); None = the API key's default
-    mode: str | None = None  # online | offline | disabled; None = online when WANDB_API_KEY is set, else offline
+    mode: LoggerMode | None = None  # online | offline | disabled; None: online with WANDB_API_KEY set, else offline
     tags: list[str] = field(default_factory=list)  # extra W&B tags
     log_samples: int = 16  # evaluation samples (with images) logged as a W&B table
     log_checkpoint: bool = False  # log the final checkpoint as a W&B artifact (type "model"; files referenced in place)
@@ -281,7 +328,7 @@ class QuantizeRecipeConfig(RecipeConfig):
     data: DataConfig = field(default_factory=DataConfig)  # the test split used to measure accuracy
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings
     bits: list[int] = field(default_factory=lambda: [8, 4])  # bitsandbytes widths to compare with full precision
-    quant_type: str = "nf4"  # 4-bit weight type, nf4 | fp4
+    quant_type: QuantType = QuantType["nf4"]  # 4-bit weight type, nf4 | fp4
     save: bool = True  # also write each quantized model as a checkpoint directory
 
 
@@ -294,13 +341,13 @@ class ExportRecipeConfig(RecipeConfig):
 class DataToolsConfig(RecipeConfig):
     """`vlmtune data inspect|check`: the data as the model's processor renders it; writes nothing."""
 
-    action: str = "inspect"  # inspect: render `samples` samples | check: validate every sample and print a report
+    action: DataAction = DataAction["inspect"]  # inspect: render `samples` samples | check: validate all, report
     model: ModelConfig = field(default_factory=ModelConfig)  # whose processor renders the data (template, tokens)
     data: DataConfig = field(default_factory=DataConfig)  # the data to look at
     init_from: str | None = None  # take the processor from this checkpoint instead of composing `model`
-    split: str = "train"  # which split of `data`: train | test
+    split: Split = Split["train"]  # which split of `data`: train | test
     samples: int = 3  # inspect: how many samples to render
-    color: str = "auto"  # inspect: auto (on a terminal) | always | never
+    color: Color = Color["auto"]  # inspect: auto (on a terminal) | always | never
 
 
 @dataclass

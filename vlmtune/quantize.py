@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from vlmtune.errors import ConfigError
 from vlmtune.model.parts import skip_modules
 
 # Vision tower, projector and lm_head stay in full precision: full module paths, because bitsandbytes matches
@@ -28,7 +29,7 @@ def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = 
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                   bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
                                   llm_int8_skip_modules=skip)
-    raise ValueError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
+    raise ConfigError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
 
 
 def checkpoint_bytes(path: Path) -> int:

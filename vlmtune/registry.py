@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from vlmtune.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -17,7 +19,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, value: T) -> T:
         if name in self._entries:
-            raise ValueError(f"{self.config_key}: {name!r} is registered twice")
+            raise ValueError(f"{self.config_key}: {name!r} is registered twice")  # a bug in vlmtune, not the user's
         self._entries[name] = value
         return value
 
@@ -34,7 +36,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries))
-            raise KeyError(f"{self.config_key}={name!r} is not known; valid values: {valid}") from None
+            raise ConfigError(f"{self.config_key}={name!r} is not known; valid values: {valid}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -7,13 +7,15 @@ key or type fails here, naming the key), and returns a `Run` that recipes use fo
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from vlmtune.errors import ConfigError
+from vlmtune.processes import is_main_process
 
 log = logging.getLogger("vlmtune")
 
@@ -33,10 +35,6 @@ def redact(value: Any) -> Any:
     return value
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @dataclass
 class Run:
     recipe: str  # the recipe's name: pretrain, sft, evaluate, quantize
@@ -44,6 +42,7 @@ class Run:
     plain: dict[str, Any]  # the resolved config as plain containers, secrets redacted
     dir: Path  # the run directory
     tracker: Any = None  # the W&B run, or None
+    preemption: Any = None  # vlmtune.train.preemption.Preemption: SIGTERM / SIGUSR1 handlers, installed at start
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,6 +93,19 @@ class Run:
             dist.destroy_process_group()
 
 
+def validated(cfg: DictConfig):
+    """The typed config object of a composed config; a missing or mistyped value is a ConfigError naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key + ': ' if key else ''}{error.msg if hasattr(error, 'msg') else error}".strip()
+                          + " (check the value on the command line or in conf/; `--cfg job` prints the composed "
+                          "config)") from error
+
+
 def start_run(cfg: DictConfig, recipe: str) -> Run:
     """Validate `cfg`, seed everything, create the run directory, save the resolved config, start W&B."""
     from datasets.utils import logging as datasets_logging
@@ -101,17 +113,18 @@ def start_run(cfg: DictConfig, recipe: str) -> Run:
     from transformers.utils import logging as hf_logging
 
     from vlmtune import tracking
+    from vlmtune.train.preemption import Preemption
 
     hf_logging.disable_progress_bar()
     datasets_logging.disable_progress_bar()
-    typed = OmegaConf.to_object(cfg)  # raises on missing or mistyped keys, naming them
-    plain = redact(OmegaConf.to_container(cfg, resolve=True))
+    typed = validated(cfg)
+    plain = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     run_dir = Path(typed.run_dir).resolve()
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
     set_seed(typed.seed)
-    run = Run(recipe=recipe, cfg=typed, plain=plain, dir=run_dir)
+    run = Run(recipe=recipe, cfg=typed, plain=plain, dir=run_dir, preemption=Preemption().install())
     if is_main_process():
         run.tracker = tracking.start(typed.logger, run_dir=run_dir, job_type=recipe, config=plain)
     log.info("%s: run directory %s", recipe, run_dir)

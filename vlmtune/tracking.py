@@ -30,8 +30,6 @@ def start(cfg: LoggerConfig, run_dir: Path, job_type: str, config: dict[str, Any
     if cfg.backend == "none":
         os.environ["WANDB_MODE"] = "disabled"  # so the HF Trainer's W&B callback stays quiet too
         return None
-    if cfg.backend != "wandb":
-        raise ValueError(f"logger.backend={cfg.backend!r} is not known; valid values: none, wandb")
     import wandb
 
     mode = cfg.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")

@@ -66,7 +66,8 @@ def train_config(workdir: Path, overrides: list[str]):
 
     settings = json.loads((workdir / "settings.json").read_text())
     base = OmegaConf.structured(TrainRecipeConfig(run_dir=str(workdir / "runs")))
-    common = [f"data.train={workdir / 'data' / 'train.json'}", f"optim.batch_size={settings['batch_size']}",
+    common = [f"init_from={workdir / 'base'}", f"data.train={workdir / 'data' / 'train.json'}",
+              f"optim.batch_size={settings['batch_size']}",
               f"optim.epochs={settings['epochs']}", f"optim.lr={settings['lr']}", "logging_steps=1000000",
               "resume=never", "seed=0", f"policy.llm.mode={settings.get('method', 'lora')}",
               f"policy.llm.gradient_checkpointing={settings.get('gradient_checkpointing', False)}"]
@@ -80,16 +81,14 @@ def train_config(workdir: Path, overrides: list[str]):
 def run_vlmtune(workdir: Path, out: Path, overrides: list[str]) -> dict:
     """vlmtune's `sft`, as recipes/sft.py runs it from a checkpoint."""
     from vlmtune.data.training import training_data
-    from vlmtune.model.checkpoint import load_vlm
-    from vlmtune.model.parts import model_type_at
+    from vlmtune.model.base import load_for_training
     from vlmtune.train.feature_cache import cache_vision_features
-    from vlmtune.train.fit import fit
-    from vlmtune.train.policy import apply_policy, bnb_4bit_config
+    from vlmtune.train.policy import apply_policy, quantization_for
+    from vlmtune.train.sft import fit
 
     cfg, _ = train_config(workdir, overrides)
-    base = workdir / "base"
-    quantization = bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
-    model, processor = load_vlm(base, quantization_config=quantization)
+    base = str(workdir / "base")
+    model, processor = load_for_training(base, cfg, quantization_for(cfg, base))
     model = apply_policy(model, cfg.policy, cfg.peft)
     if cfg.vision_feature_cache:
         cache_vision_features(model, out / cfg.vision_feature_cache)  # inside this run's folder

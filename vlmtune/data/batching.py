@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from vlmtune.errors import ConfigError
+
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0,
                          min_samples: int = 1) -> list[list[int]]:
@@ -55,9 +57,9 @@ class TokenBudgetBatches(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, seed: int = 0, replicas: int = 1, rank: int = 0):
         if max_tokens < 1:
-            raise ValueError(f"data.batch_tokens={max_tokens}: expected a positive number of tokens per batch")
+            raise ConfigError(f"data.batch_tokens={max_tokens}: expected a positive number of tokens per batch")
         if len(lengths) < replicas:
-            raise ValueError(f"{len(lengths)} training samples cannot give each of {replicas} processes one")
+            raise ConfigError(f"{len(lengths)} training samples cannot give each of {replicas} processes one")
         self.batches = token_budget_batches(lengths, max_tokens, seed, min_samples=replicas)
         self.seed, self.replicas, self.rank = seed, replicas, rank
         self.epoch = 0
@@ -89,7 +91,7 @@ def length_batches(dataset, data, batch_size: int, seed: int, replicas: int = 1,
     lengths = list(dataset["length"]) if in_memory else None
     if lengths is None or any(length is None for length in lengths):
         if data.group_by_length:
-            raise ValueError("data.group_by_length=true needs every sample's measured length before training "
+            raise ConfigError("data.group_by_length=true needs every sample's measured length before training "
                              "(in-memory data); set data.group_by_length=false")
         return None
     budget = data.batch_tokens or default_budget(lengths, batch_size * replicas)

@@ -10,16 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vlmtune.errors import DataError
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and sample and says what to do."""
-
-    def __init__(self, message: str, kind: str = "invalid_sample"):
-        super().__init__(message)
-        self.kind = kind  # e.g. missing_image, corrupt_image, placeholder_mismatch: the report's row
-
-
-ON_ERROR = ("raise", "skip")
+__all__ = ["DataError", "DataReport", "histogram"]
 
 
 @dataclass
@@ -66,8 +59,3 @@ def histogram(values: list[int], bins: int = 8, width: int = 40) -> list[str]:
     return [f"[{low + i * step:>6}, {low + (i + 1) * step:>6}) {counts.get(i, 0):>7} "
             f"{'#' * round(width * counts.get(i, 0) / most)}" for i in range((high - low + step - 1) // step)]
 
-
-def check_on_error(value: str) -> str:
-    if value not in ON_ERROR:
-        raise ValueError(f"data.on_error={value!r}: expected one of {', '.join(ON_ERROR)}")
-    return value

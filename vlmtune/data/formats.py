@@ -120,14 +120,14 @@ def from_messages(record: dict[str, Any], where: str) -> dict[str, Any]:
     return {"messages": messages, "images": images or inline}
 
 
-def detect_format(record: dict[str, Any]) -> str:
+def detect_format(record: dict[str, Any], where: str) -> str:
     """The format of one record by its keys (`data.format=auto`)."""
     if "messages" in record:
         return "messages"
     if "conversations" in record:
         return "sharegpt" if "images" in record or "system" in record else "llava"
-    raise DataError("cannot tell the format of a record with keys "
-                    f"{sorted(record)}: expected 'conversations' (llava/sharegpt) or 'messages'; set data.format",
+    raise DataError(f"{where}: cannot tell the format of a record with keys {sorted(record)}: expected "
+                    "'conversations' (llava/sharegpt) or 'messages'; rename the columns or set data.format",
                     "bad_format")
 
 
@@ -162,7 +162,7 @@ def to_sample(record: Any, fmt: str, where: str, image_root: Path) -> dict[str, 
         raise DataError(f"{where}: a sample must be a JSON object, got {type(record).__name__}", "bad_format")
     sample_id = record.get("id", record.get("sample_id"))
     where = f"{where}, sample {sample_id!r}" if sample_id is not None else where
-    converted = FORMATS.get(detect_format(record) if fmt == "auto" else fmt)(record, where)
+    converted = FORMATS.get(detect_format(record, where) if fmt == "auto" else fmt)(record, where)
     _check_turns(converted["messages"], where)
     placeholders = sum(p["type"] == "image" for m in converted["messages"] for p in m["content"])
     if placeholders != len(converted["images"]):

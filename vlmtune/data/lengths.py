@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.images import load_image
 
-TRUNCATION = ("drop_turns", "drop_sample")
 MEASURE_VERSION = 1  # bump when `measure` changes, so cached lengths are recomputed
 
 
@@ -95,12 +94,6 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
     return list(zip(measured["length"], measured["supervised"], strict=True))
 
 
-def check_fit_options(on_error: str, truncation: str) -> None:
-    check_on_error(on_error)
-    if truncation not in TRUNCATION:
-        raise ValueError(f"data.truncation={truncation!r}: expected one of {', '.join(TRUNCATION)}")
-
-
 def fit_sample(sample: dict[str, Any], measured: tuple[int, int], processor, per_image: int | None, *,
                max_length: int | None, truncation: str, report: DataReport) -> dict[str, Any] | None:
     """One measured sample brought under `max_length` by whole turns, with its `length`; None when it was dropped
@@ -129,7 +122,6 @@ def fit_lengths(samples: list[dict[str, Any]], processor, *, max_length: int | N
 
     Adds `length` (tokens) to each kept sample, for length-grouped batching and the report's histogram.
     """
-    check_fit_options(on_error, truncation)
     report = report if report is not None else DataReport()
     per_image = image_token_count(processor)
     kept = []

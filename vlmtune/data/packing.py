@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vlmtune.data.lengths import _with_images
+from vlmtune.errors import ConfigError
 
 # Model types that train on a packed row: plain 1-D positions (Llava, vlmtune, Idefics3's Llama) or Qwen2-VL's 3-D
 # rope positions, computed per sample by the model's own get_rope_index and concatenated.
@@ -83,8 +84,8 @@ def _image_axis(key: str, tensor: torch.Tensor) -> int:
 
 def check_packable(model_type: str) -> None:
     if model_type not in PACKABLE:
-        raise ValueError(f"data.packing=true is supported for {', '.join(PACKABLE)} models, not {model_type!r} "
-                         "(its position ids are not plain per-token positions); set data.packing=false")
+        raise ConfigError(f"data.packing=true is supported for {', '.join(PACKABLE)} models, not {model_type!r} "
+                          "(its position ids are not plain per-token positions); set data.packing=false")
 
 
 def packed_collator(processor, model) -> PackedCollator:

@@ -32,6 +32,7 @@ from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.formats import PLACEHOLDER, _resolve, _turns_from_to_messages, from_messages
 from vlmtune.data.images import MAX_PIXELS, load_image
 from vlmtune.data.records import read_samples
+from vlmtune.errors import ConfigError
 
 
 def _messages(value: Any, where: str, what: str) -> list[dict[str, Any]]:
@@ -123,15 +124,15 @@ def read_preference_split(data, which: str, report: DataReport | None = None) ->
                    "group_by_length": data.group_by_length, "blank_images": data.blank_images,
                    "max_length": data.max_length is not None}
     if any(unsupported.values()):
-        raise ValueError(f"data.{next(k for k, v in unsupported.items() if v)} is not supported for preference data "
-                         "(dpo): leave it at its default")
+        raise ConfigError(f"data.{next(k for k, v in unsupported.items() if v)} is not supported for preference data "
+                          "(dpo): leave it at its default")
     if data.format not in ("auto", "preference"):
-        raise ValueError(f"data.format={data.format!r}: preference data has its own format (prompt / chosen / "
-                         "rejected, see vlmtune/data/preferences.py); leave data.format=auto")
+        raise ConfigError(f"data.format={data.format!r}: preference data has its own format (prompt / chosen / "
+                          "rejected, see vlmtune/data/preferences.py); leave data.format=auto")
     source = data.train if which == "train" else data.test
     if source is None:
-        raise ValueError(f"data.{which} is not set: give a preference file (e.g. preferences_{which}.json from "
-                         "`vlmtune synth`)")
+        raise ConfigError(f"data.{which} is not set: give a preference file (e.g. preferences_{which}.json from "
+                          "`vlmtune synth`)")
     return read_preferences(source, image_root=data.image_root, on_error=data.on_error,
                             limit=data.max_train_samples if which == "train" else data.max_test_samples,
                             split=data.split if which == "train" else data.test_split,

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.formats import to_sample
 from vlmtune.data.images import MAX_PIXELS, check_image_header, load_image
 from vlmtune.data.sources import read_rows
+from vlmtune.errors import ConfigError
 
 
 def read_samples(
@@ -39,7 +40,6 @@ def read_samples(
     `convert(row, where, image_root)` turns one row into a sample (default: `to_sample` with `fmt`; the DPO reader
     passes its preference-pair converter): reading, image checks, the error policy and the report are shared.
     """
-    check_on_error(on_error)
     report = report if report is not None else DataReport()
     samples = []
     for sample in checked_samples(source, image_root=image_root, fmt=fmt, on_error=on_error, split=split,
@@ -84,8 +84,6 @@ def checked_samples(
 ) -> Iterator[dict[str, Any]]:
     """The checked samples of `source` one at a time, as they are read; the error policy applied and counted in
     `report`. Shared by the in-memory reader (`read_samples`) and the streaming pipeline (streaming.py)."""
-    if verify_images not in ("header", "full"):
-        raise ValueError(f"data.verify_images={verify_images!r}: expected header or full")
     path = Path(source)
     root = Path(image_root) if image_root else (path.parent if path.is_file() else path)
     kept = 0
@@ -114,7 +112,7 @@ def read_split(data, which: str, report: DataReport | None = None) -> list[dict[
         return read_mixture(data, report)
     source = data.train if which == "train" else data.test
     if source is None:
-        raise ValueError(f"data.{which} is not set" + (" (nor data.mixture)" if which == "train" else ""))
+        raise ConfigError(f"data.{which} is not set" + (" (nor data.mixture)" if which == "train" else ""))
     limit = data.max_train_samples if which == "train" else data.max_test_samples
     return read_samples(source, image_root=data.image_root, fmt=data.format, on_error=data.on_error, limit=limit,
                         split=data.split if which == "train" else data.test_split, streaming=data.streaming,
@@ -141,7 +139,7 @@ def read_mixture(data, report: DataReport | None = None) -> list[dict[str, Any]]
         sources.append(samples)
         weights.append(float(source.get("weight", 1.0)))
     if min(weights) <= 0:
-        raise ValueError(f"data.mixture weights must be positive, got {weights}")
+        raise ConfigError(f"data.mixture weights must be positive, got {weights}")
     mixed = interleave_datasets(parts, probabilities=[w / sum(weights) for w in weights], seed=data.mixture_seed,
                                 stopping_strategy=data.mixture_stop)
     samples = [sources[s][i] for s, i in zip(mixed["source"], mixed["index"], strict=True)]

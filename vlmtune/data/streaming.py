@@ -25,10 +25,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from vlmtune.data.errors import DataError, DataReport, check_on_error
+from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.images import load_image
-from vlmtune.data.lengths import check_fit_options, fit_sample, image_token_count, measure
+from vlmtune.data.lengths import fit_sample, image_token_count, measure
 from vlmtune.data.records import checked_samples, sample_features
+from vlmtune.errors import ConfigError
 
 log = logging.getLogger("vlmtune")
 
@@ -39,14 +40,14 @@ def check_streaming(cfg) -> None:
     if not data.streaming:
         return
     if optim.max_steps <= 0:
-        raise ValueError(f"data.streaming=true needs optim.max_steps > 0 (got {optim.max_steps}): a stream has no "
-                         "length, so optim.epochs cannot say when training ends; set optim.max_steps=<steps>")
+        raise ConfigError(f"data.streaming=true needs optim.max_steps > 0 (got {optim.max_steps}): a stream has no "
+                          "length, so optim.epochs cannot say when training ends; set optim.max_steps=<steps>")
     if data.group_by_length:
-        raise ValueError("data.group_by_length=true needs every sample's length before training starts, which a "
-                         "stream does not have; set data.group_by_length=false (or data.streaming=false)")
+        raise ConfigError("data.group_by_length=true needs every sample's length before training starts, which a "
+                          "stream does not have; set data.group_by_length=false (or data.streaming=false)")
     if data.blank_images:
-        raise ValueError("data.blank_images=true is not supported with data.streaming=true; set data.streaming=false "
-                         "for the blind baseline")
+        raise ConfigError("data.blank_images=true is not supported with data.streaming=true; set data.streaming=false "
+                          "for the blind baseline")
 
 
 def _source_samples(source: dict[str, Any], data, processor, per_image: int | None,
@@ -81,13 +82,9 @@ def training_stream(data, processor, report: DataReport):
     images, kind, length), read lazily; `report` counts what was read, skipped and dropped."""
     from datasets import IterableDataset, interleave_datasets
 
-    check_on_error(data.on_error)
-    check_fit_options(data.on_error, data.truncation)
-    if data.verify_images not in ("header", "full"):
-        raise ValueError(f"data.verify_images={data.verify_images!r}: expected header or full")
     sources = data.mixture or [{"path": data.train}]
     if sources[0]["path"] is None:
-        raise ValueError("data.train is not set (nor data.mixture)")
+        raise ConfigError("data.train is not set (nor data.mixture)")
     per_image = image_token_count(processor)
 
     def generate(source: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -101,7 +98,7 @@ def training_stream(data, processor, report: DataReport):
     else:
         weights = [float(source.get("weight", 1.0)) for source in sources]
         if min(weights) <= 0:
-            raise ValueError(f"data.mixture weights must be positive, got {weights}")
+            raise ConfigError(f"data.mixture weights must be positive, got {weights}")
         stream = interleave_datasets(parts, probabilities=[w / sum(weights) for w in weights],
                                      seed=data.mixture_seed, stopping_strategy=data.mixture_stop)
     if data.max_train_samples:

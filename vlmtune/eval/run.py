@@ -9,6 +9,7 @@ from typing import Any
 
 from vlmtune.config import DataConfig, EvalConfig
 from vlmtune.data.records import blank_images, read_split
+from vlmtune.errors import ConfigError
 from vlmtune.eval.generate import generate_distributed
 from vlmtune.eval.scoring import check_metric_list, score_rows
 
@@ -16,7 +17,7 @@ from vlmtune.eval.scoring import check_metric_list, score_rows
 def held_out_records(data: DataConfig, blank_dir: Path) -> list[dict[str, Any]]:
     """The test split, blanked like the training images when the run is a blind baseline."""
     if not data.test:
-        raise ValueError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
+        raise ConfigError("data.test is not set: evaluation needs a test split (a LLaVA-format JSON file)")
     records = read_split(data, "test")
     return blank_images(records, blank_dir) if data.blank_images else records
 

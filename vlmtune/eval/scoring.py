@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vlmtune.errors import ConfigError
 from vlmtune.eval import metrics as m
 from vlmtune.registry import Registry
 
@@ -212,7 +213,7 @@ def coco_caption(name: str, values: Sequence[float], rows: Sequence[Row], tokeni
 def check_metric_list(task) -> None:
     """Every scorer and aggregation a task names exists (an error lists the valid keys) — before any heavy work."""
     if not task.metric_list:
-        raise ValueError(f"task {task.task}: eval.task.metric_list is empty; name at least one metric")
+        raise ConfigError(f"task {task.task}: eval.task.metric_list is empty; name at least one metric")
     for entry in task.metric_list:
         SCORERS.get(entry.metric)
         AGGREGATIONS.get(entry.aggregation)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from vlmtune.errors import CheckpointError
+
 PROVENANCE = "vlmtune.json"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -101,10 +103,16 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
 def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
     """Write model (or adapter), processor, model card and provenance to `out_dir` atomically."""
 
+    from vlmtune.quantize import quantization_summary
+
+    # An adapter records how its base was loaded while it trained (QLoRA: the LLM in 4-bit).
+    config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
+
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        full = {**provenance, "git_sha": git_sha(), "versions": library_versions()}
+        full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
+                "versions": library_versions()}
         (tmp / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
         (tmp / "README.md").write_text(_model_card(model, full))
 
@@ -123,9 +131,9 @@ def part_adapters(path: str | Path) -> list[str]:
 def _require_dir(path: str | Path, what: str) -> None:
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"{what}: {path} is not a directory. Give a checkpoint directory written by a recipe.")
+        raise CheckpointError(f"{what}: {path} is not a directory. Give a checkpoint directory written by a recipe.")
     if not (p / "config.json").exists() and not (p / ADAPTER_CONFIG).exists():
-        raise FileNotFoundError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
+        raise CheckpointError(f"{what}: {path} holds neither config.json nor {ADAPTER_CONFIG}; not a checkpoint.")
 
 
 def _looks_local(path: str | Path) -> bool:

@@ -7,12 +7,13 @@ projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlmtune.errors import ConfigError
 from vlmtune.model.projectors import PROJECTORS
 from vlmtune.templates import TEMPLATES, Template
 
@@ -47,13 +48,13 @@ def _prepare_tokenizer(tokenizer, pad_token: str | None, template: Template) -> 
     """
     end_of_turn = template.end_of_turn or tokenizer.eos_token
     if end_of_turn is None:
-        raise ValueError("this chat template ends turns with the tokenizer's EOS token, but the tokenizer has none: "
-                         "pick another model.template")
+        raise ConfigError("this chat template ends turns with the tokenizer's EOS token, but the tokenizer has none: "
+                          "pick another model.template")
     if template.text:
         tokenizer.chat_template = template.text
     elif not tokenizer.chat_template:
-        raise ValueError("model.template=native, but the tokenizer has no chat template: pick one of the "
-                         f"vlmtune templates ({', '.join(sorted(TEMPLATES))})")
+        raise ConfigError("model.template=native, but the tokenizer has no chat template: pick one of the "
+                          f"vlmtune templates ({', '.join(sorted(TEMPLATES))})")
     vocab = tokenizer.get_vocab()
     missing = [token for token in (IMAGE_TOKEN, end_of_turn, *template.special_tokens) if token not in vocab]
     if missing:
@@ -61,11 +62,11 @@ def _prepare_tokenizer(tokenizer, pad_token: str | None, template: Template) -> 
     # Some tokenizers pad with their end-of-turn/EOS token (SmolLM2 pads with <|im_end|>): that needs a fix too.
     if tokenizer.pad_token is None or tokenizer.pad_token in (end_of_turn, tokenizer.eos_token):
         if pad_token is not None and pad_token not in vocab:
-            raise ValueError(f"model.llm.pad_token={pad_token!r} is not a token of this tokenizer; "
-                             "name one of its tokens or set it to null to add <pad>")
+            raise ConfigError(f"model.llm.pad_token={pad_token!r} is not a token of this tokenizer; "
+                              "name one of its tokens or set it to null to add <pad>")
         if pad_token in (end_of_turn, tokenizer.eos_token):
-            raise ValueError(f"model.llm.pad_token={pad_token!r} also ends turns: pick a token that never appears "
-                             "in the data, or null to add <pad>")
+            raise ConfigError(f"model.llm.pad_token={pad_token!r} also ends turns: pick a token that never appears "
+                              "in the data, or null to add <pad>")
         tokenizer.add_special_tokens({"pad_token": pad_token or "<pad>"})
     return end_of_turn
 
@@ -92,8 +93,6 @@ def _image_processor(cfg: VisionConfig):
     image_processor = AutoImageProcessor.from_pretrained(cfg.path)
     if cfg.image_policy == "resize":
         return image_processor
-    if cfg.image_policy != "pad":
-        raise ValueError(f"model.vision.image_policy={cfg.image_policy!r}: expected resize or pad")
     keep = ["size", "crop_size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
             "image_std"]
     settings = {k: getattr(image_processor, k) for k in keep if getattr(image_processor, k, None) is not None}
@@ -112,8 +111,8 @@ def probe_vision(vision, image_processor, cfg: VisionConfig) -> VisionProbe:
     """Run one blank image through the encoder and measure tokens, grid, prefix tokens and feature width."""
     square = _pixels(image_processor, (224, 224))
     if _pixels(image_processor, (448, 224)).shape != square.shape:
-        raise ValueError(f"the image processor of {cfg.path} gives different sizes for different aspect ratios; "
-                         "a fixed image-token count needs a fixed size: set model.vision.image_policy=pad")
+        raise ConfigError(f"the image processor of {cfg.path} gives different sizes for different aspect ratios; "
+                          "a fixed image-token count needs a fixed size: set model.vision.image_policy=pad")
     layers = [cfg.feature_layer] if isinstance(cfg.feature_layer, int) else list(cfg.feature_layer)
     with torch.no_grad():
         hidden = vision(pixel_values=square.to(vision.dtype), output_hidden_states=True).hidden_states
@@ -121,16 +120,16 @@ def probe_vision(vision, image_processor, cfg: VisionConfig) -> VisionProbe:
     if selected[0].ndim == 4:  # CNN: (1, channels, rows, cols)
         grids = {tuple(h.shape[-2:]) for h in selected}
         if len(grids) > 1:
-            raise ValueError(f"model.vision.feature_layer={layers}: these layers have different map sizes {grids}; "
-                             "pick layers of one stage")
+            raise ConfigError(f"model.vision.feature_layer={layers}: these layers have different map sizes {grids}; "
+                              "pick layers of one stage")
         grid = grids.pop()
         return VisionProbe(grid[0] * grid[1], grid, 0, sum(h.shape[1] for h in selected), True)
     patch = vision.config.patch_size
     grid = (square.shape[-2] // patch, square.shape[-1] // patch)
     prefix = selected[0].shape[1] - grid[0] * grid[1]
     if cfg.select_strategy == "default" and prefix == 0:
-        raise ValueError(f"model.vision.select_strategy=default drops a CLS token, but {cfg.path} emits none "
-                         "(SigLIP-style encoder): set model.vision.select_strategy=full")
+        raise ConfigError(f"model.vision.select_strategy=default drops a CLS token, but {cfg.path} emits none "
+                          "(SigLIP-style encoder): set model.vision.select_strategy=full")
     dropped = {"default": 1, "full": 0, "patches": prefix}[cfg.select_strategy]
     return VisionProbe(selected[0].shape[1] - dropped, grid, prefix, sum(h.shape[-1] for h in selected), False)
 
@@ -138,13 +137,11 @@ def probe_vision(vision, image_processor, cfg: VisionConfig) -> VisionProbe:
 def _check_feature_layer(cfg: VisionConfig) -> None:
     layers = [cfg.feature_layer] if isinstance(cfg.feature_layer, int) else cfg.feature_layer
     if not isinstance(layers, list | tuple) or not layers or not all(isinstance(x, int) for x in layers):
-        raise ValueError(f"model.vision.feature_layer={cfg.feature_layer!r}: expected an int or a list of ints")
+        raise ConfigError(f"model.vision.feature_layer={cfg.feature_layer!r}: expected an int or a list of ints")
     if 0 in layers:
         # transformers 5.24's Llava does not request hidden states for layer 0 and fails deep inside the forward.
-        raise ValueError("model.vision.feature_layer=0 is not supported; count from the end "
-                         "(-1 = last layer, -(layers + 1) = the patch embeddings)")
-    if cfg.select_strategy not in ("default", "full", "patches"):
-        raise ValueError(f"model.vision.select_strategy={cfg.select_strategy!r}: expected default, full or patches")
+        raise ConfigError("model.vision.feature_layer=0 is not supported; count from the end "
+                          "(-1 = last layer, -(layers + 1) = the patch embeddings)")
 
 
 def _llava_strategy(cfg: VisionConfig, probe: VisionProbe) -> str | None:
@@ -198,7 +195,7 @@ def _require_local(path: str, key: str) -> None:
     """A local path (not a hub id) must exist: say which key and what to do, not a hub-id error from transformers."""
     if path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
         hint = " (tiny offline parts: run `vlmtune tiny`)" if "/tiny/" in path else ""
-        raise FileNotFoundError(f"{key}={path} does not exist{hint}")
+        raise ConfigError(f"{key}={path} does not exist{hint}")
 
 
 def blueprint(cfg: ModelConfig) -> Blueprint:
@@ -206,11 +203,10 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     from transformers import AutoConfig, AutoTokenizer
 
     if cfg.path is not None:
-        raise ValueError("model.path is set (an existing HF VLM): load it with load_vlm, there is nothing to compose")
+        raise ConfigError("model.path is set (an existing HF VLM): load it with load_vlm, there is nothing to compose")
     _require_local(cfg.vision.path, "model.vision.path")
     _require_local(cfg.llm.path, "model.llm.path")
     dtype = getattr(torch, cfg.dtype)
-    options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
     projector_class = PROJECTORS.get(cfg.projector.name)
     _check_feature_layer(cfg.vision)
 
@@ -224,11 +220,11 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     # A declaration on the meta device (its token count, whether it needs the grid): no weights are drawn here, so
     # the real projector built in `compose` gets the same random init whatever ran before it.
     with torch.device("meta"):
-        projector = projector_class(probe.feature_dim, llm_config.hidden_size, options)
+        projector = projector_class(probe.feature_dim, llm_config.hidden_size, cfg.projector)
     if projector.needs_grid and probe.tokens != probe.grid[0] * probe.grid[1]:
-        raise ValueError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
-                         f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
-                         "model.vision.select_strategy=patches")
+        raise ConfigError(f"model.projector.name={cfg.projector.name} merges neighbouring patches, but the selected "
+                          f"{probe.tokens} tokens are not the {probe.grid[0]}x{probe.grid[1]} patch grid: set "
+                          "model.vision.select_strategy=patches")
     return Blueprint(cfg, vision, image_processor, tokenizer, end_of_turn, llm_config, probe, projector,
                      projector.output_tokens(probe.tokens, probe.grid), _llava_strategy(cfg.vision, probe))
 
@@ -260,10 +256,9 @@ def compose(cfg: ModelConfig):
         config = LlavaConfig(**common, vision_feature_select_strategy=parts.llava_strategy)
         model_class = LlavaForConditionalGeneration
     else:
-        options = {f.name: getattr(cfg.projector, f.name) for f in fields(cfg.projector)}
         config = VlmtuneConfig(**common, vision_feature_select_strategy=cfg.vision.select_strategy,
                                vision_prefix_tokens=probe.prefix_tokens, vision_grid=list(probe.grid),
-                               vision_feature_dim=probe.feature_dim, projector=options)
+                               vision_feature_dim=probe.feature_dim, projector=asdict(cfg.projector))
         model_class = VlmtuneForConditionalGeneration
     # Build the shell on the meta device and move the loaded parts in: no second copy of the weights in memory.
     with torch.device("meta"):
@@ -276,7 +271,7 @@ def compose(cfg: ModelConfig):
 
         projector = LlavaMultiModalProjector(config)
     else:
-        projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, parts.projector.options)
+        projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, cfg.projector)
     model.model.multi_modal_projector = projector.to(dtype)
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.errors import ConfigError
 from vlmtune.templates import TEMPLATES
 
 log = logging.getLogger("vlmtune")
@@ -39,9 +40,9 @@ def resolve_template(template: str, config) -> str:
             return LLAVA_NEXT_TEMPLATES[text_kind]
     elif kind in AUTO_TEMPLATES:
         return AUTO_TEMPLATES[kind]
-    raise ValueError(f"model.template=auto has no template for model type {kind!r}; set model.template to one of "
-                     f"{', '.join(sorted(TEMPLATES))}, or `native` when the checkpoint's own chat template has "
-                     "{% generation %} marks")
+    raise ConfigError(f"model.template=auto has no template for model type {kind!r}; set model.template to one of "
+                      f"{', '.join(sorted(TEMPLATES))}, or `native` when the checkpoint's own chat template has "
+                      "{% generation %} marks")
 
 
 def _as_list(value) -> list[int]:
@@ -60,9 +61,9 @@ def prepare_for_training(model, processor, template: str) -> str:
     if key == "native":
         native = processor.chat_template or tokenizer.chat_template or ""
         if not _GENERATION.search(native if isinstance(native, str) else str(native)):
-            raise ValueError("model.template=native: the checkpoint's chat template has no {% generation %} marks, so "
-                             "assistant-only training would mask every token; pick a vlmtune template "
-                             f"(model.template=auto or one of {', '.join(sorted(TEMPLATES))})")
+            raise ConfigError("model.template=native: the checkpoint's chat template has no {% generation %} marks, so "
+                              "assistant-only training would mask every token; pick a vlmtune template "
+                              f"(model.template=auto or one of {', '.join(sorted(TEMPLATES))})")
         end = tokenizer.eos_token
     else:
         template = TEMPLATES.get(key)
@@ -70,7 +71,7 @@ def prepare_for_training(model, processor, template: str) -> str:
         end = template.end_of_turn or tokenizer.eos_token
     end_id = tokenizer.convert_tokens_to_ids(end) if end else None
     if end_id is None or end_id == tokenizer.unk_token_id:
-        raise ValueError(f"model.template={key}: its end-of-turn token {end!r} is not a token of this tokenizer")
+        raise ConfigError(f"model.template={key}: its end-of-turn token {end!r} is not a token of this tokenizer")
     if tokenizer.pad_token is None:  # the collator masks padding by attention mask, so EOS can pad
         log.warning("the tokenizer has no pad token: padding with %s", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.auto import AutoModel
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 
+from vlmtune.config import ProjectorConfig
 from vlmtune.model.projectors import PROJECTORS, Projector
 
 
@@ -33,9 +34,9 @@ class VlmtuneConfig(LlavaConfig):
 
 
 def build_projector(config: VlmtuneConfig) -> Projector:
-    options = dict(config.projector)
-    projector_class = PROJECTORS.get(options["name"])
-    return projector_class(config.vision_feature_dim, config.text_config.hidden_size, options)
+    """The projector a checkpoint's config.json names, built from its saved ProjectorConfig fields."""
+    projector = ProjectorConfig(**config.projector)
+    return PROJECTORS.get(projector.name)(config.vision_feature_dim, config.text_config.hidden_size, projector)
 
 
 def select_features(config, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmtune.errors import ConfigError
+
 _LLAVA = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector", "llm": "model.language_model"}
 
 ARCHITECTURES: dict[str, dict[str, str]] = {
@@ -45,8 +47,8 @@ def parts_of(model_or_type) -> dict[str, str]:
         for layout in ARCHITECTURES.values():
             if all(prefix in names for prefix in layout.values()):
                 return layout
-    raise ValueError(f"model type {kind!r} has no known layout of vision / projector / LLM parts; known types: "
-                     f"{', '.join(sorted(ARCHITECTURES))} (add it to vlmtune.model.parts.ARCHITECTURES)")
+    raise ConfigError(f"model type {kind!r} has no known layout of vision / projector / LLM parts; known types: "
+                      f"{', '.join(sorted(ARCHITECTURES))} (add it to vlmtune.model.parts.ARCHITECTURES)")
 
 
 def part_of(name: str, parts: dict[str, str]) -> str:

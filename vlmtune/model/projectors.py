@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 from torch import nn
 
+from vlmtune.config import ProjectorConfig
+from vlmtune.errors import ConfigError
 from vlmtune.registry import Registry
 
 Grid = tuple[int, int]  # (rows, columns) of patch tokens
 
 
 class Projector(nn.Module, ABC):
-    """Base class: `options` are the fields of conf/model/projector/<name>.yaml (ProjectorConfig)."""
+    """Base class: `config` is conf/model/projector/<name>.yaml as its typed ProjectorConfig."""
 
     needs_grid = False  # True when the projector merges neighbouring patches: tokens must form the patch grid
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
         super().__init__()
-        self.options = options
+        self.config = config
 
     def output_tokens(self, num_tokens: int, grid: Grid) -> int:
         """Image tokens per image for `num_tokens` vision tokens laid out on `grid`."""
@@ -48,7 +49,7 @@ def mlp(in_dim: int, out_dim: int, depth: int, activation: str) -> nn.Sequential
     from transformers.activations import ACT2FN
 
     if depth < 1:
-        raise ValueError(f"model.projector.depth must be at least 1, got {depth}")
+        raise ConfigError(f"model.projector.depth must be at least 1, got {depth}")
     layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     for _ in range(depth - 1):
         layers += [ACT2FN[activation], nn.Linear(out_dim, out_dim)]
@@ -59,8 +60,8 @@ def mlp(in_dim: int, out_dim: int, depth: int, activation: str) -> nn.Sequential
 class Linear(Projector):
     """One linear map per token (LLaVA-1.0)."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
         self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, features: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -72,9 +73,9 @@ class Linear(Projector):
 class MLP(Projector):
     """An MLP of `depth` layers per token; `mlp2x_gelu` is depth 2 with GELU."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
-        self.mlp = mlp(in_dim, out_dim, options["depth"], options["activation"])
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
+        self.mlp = mlp(in_dim, out_dim, config.depth, config.activation)
 
     def forward(self, features: torch.Tensor, grid: Grid) -> torch.Tensor:
         return self.mlp(features)
@@ -84,8 +85,8 @@ def _to_map(features: torch.Tensor, grid: Grid) -> torch.Tensor:
     """(images, rows * cols, dim) tokens -> (images, dim, rows, cols) map."""
     images, tokens, dim = features.shape
     if tokens != grid[0] * grid[1]:
-        raise ValueError(f"{tokens} vision tokens do not form the {grid[0]}x{grid[1]} patch grid this projector "
-                         "merges: use model.vision.select_strategy=patches (or default) to drop CLS/register tokens")
+        raise ConfigError(f"{tokens} vision tokens do not form the {grid[0]}x{grid[1]} patch grid this projector "
+                          "merges: use model.vision.select_strategy=patches (or default) to drop CLS/register tokens")
     return features.transpose(1, 2).reshape(images, dim, *grid)
 
 
@@ -97,11 +98,11 @@ class PixelShuffle(Projector):
 
     needs_grid = True
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
-        self.scale = options["scale"]
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
+        self.scale = config.scale
         self.norm = nn.LayerNorm(in_dim * self.scale**2)
-        self.mlp = mlp(in_dim * self.scale**2, out_dim, options["depth"], options["activation"])
+        self.mlp = mlp(in_dim * self.scale**2, out_dim, config.depth, config.activation)
 
     def output_tokens(self, num_tokens: int, grid: Grid) -> int:
         return math.ceil(grid[0] / self.scale) * math.ceil(grid[1] / self.scale)
@@ -123,9 +124,9 @@ class ConvDownsampler(Projector):
 
     needs_grid = True
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
-        self.scale = options["scale"]
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
+        self.scale = config.scale
         self.inp = nn.Linear(in_dim, out_dim)
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -133,9 +134,9 @@ class ConvDownsampler(Projector):
                 nn.Conv2d(out_dim, out_dim, 1),  # pointwise: mixes channels
                 nn.GELU(),
             )
-            for _ in range(options["num_layers"])
+            for _ in range(config.num_layers)
         )
-        self.out = mlp(out_dim, out_dim, 2, options["activation"])
+        self.out = mlp(out_dim, out_dim, 2, config.activation)
 
     def output_tokens(self, num_tokens: int, grid: Grid) -> int:
         return math.ceil(grid[0] / self.scale) * math.ceil(grid[1] / self.scale)
@@ -168,27 +169,27 @@ class _AttentionBlock(nn.Module):
 class _QueryProjector(Projector):
     """Shared by the resampler and the Q-Former: `num_queries` learned queries read the image, whatever its size."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
-        if out_dim % options["num_heads"]:
-            raise ValueError(f"model.projector.num_heads={options['num_heads']} must divide the LLM hidden size "
-                             f"{out_dim}")
-        self.queries = nn.Parameter(torch.randn(options["num_queries"], out_dim) * out_dim**-0.5)
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
+        if out_dim % config.num_heads:
+            raise ConfigError(f"model.projector.num_heads={config.num_heads} must divide the LLM hidden size "
+                              f"{out_dim}")
+        self.queries = nn.Parameter(torch.randn(config.num_queries, out_dim) * out_dim**-0.5)
         self.inp = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)
 
     def output_tokens(self, num_tokens: int, grid: Grid) -> int:
-        return self.options["num_queries"]
+        return self.config.num_queries
 
 
 @PROJECTORS.register("resampler")
 class PerceiverResampler(_QueryProjector):
     """Flamingo's perceiver resampler: latents cross-attend to the image features concatenated with themselves."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
         self.blocks = nn.ModuleList(
-            _AttentionBlock(out_dim, options["num_heads"]) for _ in range(options["num_layers"])
+            _AttentionBlock(out_dim, config.num_heads) for _ in range(config.num_layers)
         )
 
     def forward(self, features: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -204,13 +205,13 @@ class QFormer(_QueryProjector):
     """BLIP-2 style: each block lets the queries attend to each other, then to the image, then a feed-forward layer;
     a final linear map is the language projection."""
 
-    def __init__(self, in_dim: int, out_dim: int, options: dict[str, Any]):
-        super().__init__(in_dim, out_dim, options)
+    def __init__(self, in_dim: int, out_dim: int, config: ProjectorConfig):
+        super().__init__(in_dim, out_dim, config)
         self.self_blocks = nn.ModuleList(
-            _AttentionBlock(out_dim, options["num_heads"]) for _ in range(options["num_layers"])
+            _AttentionBlock(out_dim, config.num_heads) for _ in range(config.num_layers)
         )
         self.cross_blocks = nn.ModuleList(
-            _AttentionBlock(out_dim, options["num_heads"]) for _ in range(options["num_layers"])
+            _AttentionBlock(out_dim, config.num_heads) for _ in range(config.num_layers)
         )
         self.language_projection = nn.Linear(out_dim, out_dim)
 

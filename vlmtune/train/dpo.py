@@ -1,9 +1,10 @@
-"""Preference tuning with TRL's DPOTrainer, and the chosen-vs-rejected log-probability margins that show its effect.
+"""Preference tuning: TRL's DPOTrainer over the shared trainer layer (vlmtune.train.trainer), and the
+chosen-vs-rejected log-probability margins that show its effect.
 
 The reference model is TRL's own choice: under LoRA / QLoRA it is the policy with its adapter disabled (a fresh
 adapter, so exactly the starting model; no second copy in memory), under a full fine-tune a separate frozen copy.
-Trainer settings (device, precision, schedule, logging, step checkpoints, resume, SIGTERM) are the SFT ones
-(vlmtune.train.fit).
+Settings, resume, guards and preemption are the shared layer's, as for SFT; the loss mask is checked the same way
+(vlmtune.train.supervision: each pair's completions must be exactly its chosen and rejected answers).
 """
 
 from __future__ import annotations
@@ -16,17 +17,9 @@ from typing import Any
 
 import torch
 
-from vlmtune.train.fit import (
-    Preempted,
-    _save_and_stop_on_sigterm,
-    latest_complete_checkpoint,
-    resume_point,
-    resuming_every_adapter,
-    trainer_arguments,
-    use_policy_optimizer,
-)
-from vlmtune.train.guards import UntrainedPartGuard
 from vlmtune.train.policy import activate_adapters
+from vlmtune.train.preemption import Preemption
+from vlmtune.train.trainer import train, trainer_class, training_arguments
 
 log = logging.getLogger("vlmtune")
 
@@ -36,7 +29,7 @@ def dpo_config(cfg, out_dir: Path, report_to: str):
     from trl import DPOConfig
 
     return DPOConfig(
-        **trainer_arguments(cfg, out_dir, report_to),
+        **training_arguments(cfg, out_dir, report_to),
         beta=cfg.beta,
         loss_type=[name.strip() for name in cfg.loss_type.split(",")],
         label_smoothing=cfg.label_smoothing,
@@ -47,43 +40,39 @@ def dpo_config(cfg, out_dir: Path, report_to: str):
     )
 
 
-def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: str, ref_model=None,
-            callbacks=None) -> list[dict]:
-    """Train with DPO to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history.
-
-    `model` is the policy (a PeftModel with a fresh adapter from `apply_policy`, or a full model with `ref_model` its
-    frozen copy). On SIGTERM it writes a step checkpoint and raises `Preempted`, like SFT.
-    """
+def dpo_trainer(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: str,
+                preemption: Preemption | None = None, ref_model=None, callbacks=None):
+    """The DPOTrainer that `fit_dpo` trains with: one reference (no copy of a fresh adapter), its collator checked
+    and wrapped by the no-supervised-token guard, on the shared trainer layer."""
     from trl import DPOTrainer
 
+    from vlmtune.train.supervision import RequireSupervised, check_supervision
 
-    args = dpo_config(cfg, out_dir, report_to)
-    resume_from = resume_point(cfg.resume, out_dir)
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    sigterm = _save_and_stop_on_sigterm()
-    trainer = resuming_every_adapter(DPOTrainer)(model=model, ref_model=ref_model, args=args,
-                                                 train_dataset=train_dataset, processing_class=processor,
-                                                 callbacks=[*(callbacks or []), UntrainedPartGuard(), sigterm])
-    peft_config = getattr(trainer.model, "peft_config", {})
-    if "ref" in peft_config:
+    trainer = trainer_class(DPOTrainer)(model=model, ref_model=ref_model, args=dpo_config(cfg, out_dir, report_to),
+                                        train_dataset=train_dataset, processing_class=processor, recipe=cfg,
+                                        preemption=preemption, callbacks=callbacks)
+    if "ref" in getattr(trainer.model, "peft_config", {}):
         # Given a PeftModel, TRL cannot know that its adapter is fresh and keeps a frozen copy of it (adapter "ref",
         # projector included) as the reference. A fresh LoRA adds exactly nothing, so the adapter-disabled model is
         # the same reference without the copy, which would also be saved beside the trained adapter: drop it.
         trainer.model.set_adapter("default")  # peft refuses to delete next to several active adapters
         trainer.model.delete_adapter("ref")
         activate_adapters(trainer.model)  # with one adapter per part (parts differing in DoRA), all of them train
-    if getattr(trainer.model, "is_loaded_in_4bit", False) and not args.bf16:
-        # As in fit(): TRL casts the trainable weights of a quantized model to bf16; without bf16 compute (CPUs) the
-        # fully trained projector would then receive float32 features and fail.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-    use_policy_optimizer(trainer, cfg)  # per-part learning rates and weight decay, as in fit()
-    trainer.train(resume_from_checkpoint=resume_from)
-    if sigterm.requested:
-        raise Preempted(latest_complete_checkpoint(args.output_dir))
-    return trainer.state.log_history
+    check_supervision(trainer.data_collator, processor.tokenizer, trainer.train_dataset)
+    trainer.data_collator = RequireSupervised(trainer.data_collator)
+    return trainer
+
+
+def fit_dpo(model, processor, train_dataset, cfg, out_dir: Path, *, report_to: str,
+            preemption: Preemption | None = None, ref_model=None, callbacks=None) -> list[dict]:
+    """Train with DPO to the end (vlmtune.train.trainer.train: resume, preemption, guards); return the log history.
+
+    `model` is the policy (a PeftModel with a fresh adapter from `apply_policy`, or a full model with `ref_model` its
+    frozen copy).
+    """
+    trainer = dpo_trainer(model, processor, train_dataset, cfg, out_dir, report_to=report_to, preemption=preemption,
+                          ref_model=ref_model, callbacks=callbacks)
+    return train(trainer, cfg)
 
 
 @torch.no_grad()

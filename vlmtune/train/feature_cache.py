@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from vlmtune.errors import PolicyError
 from vlmtune.model.parts import parts_of
 
 
@@ -30,8 +31,8 @@ def cache_vision_features(model, cache_dir: str | Path) -> dict[str, int]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     tower = base.get_submodule(parts_of(base)["vision"])
     if any(p.requires_grad for p in tower.parameters()):
-        raise ValueError("vision_feature_cache=<folder> needs a frozen vision tower (policy.vision.mode=frozen): "
-                         "a training tower's features change every step")
+        raise PolicyError("vision_feature_cache=<folder> needs a frozen vision tower (policy.vision.mode=frozen): "
+                          "a training tower's features change every step")
     layers = _layers(base.config)
     signature = hashlib.sha256(f"{tower.config.to_json_string()}{layers}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / signature

@@ -16,10 +16,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from vlmtune.errors import TrainingStopped
+from vlmtune.processes import any_process
+from vlmtune.train.checkpoints import latest_complete_checkpoint
+
 log = logging.getLogger("vlmtune")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(TrainingStopped):
     """Training produced a NaN/inf loss or weights; nothing of that step was saved."""
 
     def __init__(self, step: int, what: str, last_good: Path | None) -> None:
@@ -33,38 +37,20 @@ class NonFiniteLoss(RuntimeError):
                          "Lower optim.lr, keep optim.max_grad_norm > 0 or check the data around this step.")
 
 
-def _output_loss(output):
-    if isinstance(output, dict):
-        return output.get("loss")
-    return getattr(output, "loss", None)
-
-
 class NonFiniteLossGuard(TrainerCallback):
-    """Watches the loss of every training forward pass (a forward hook on the model), and the trainable weights on
-    save steps and the last step; raises `NonFiniteLoss` from `on_step_end`, before the Trainer saves that step.
+    """Watches the loss of every training step (the trainer passes it to `observe`: vlmtune.train.trainer), and the
+    trainable weights on save steps and the last step; raises `NonFiniteLoss` from `on_step_end`, before the
+    Trainer saves that step. It works for any loss a trainer computes (SFT's, DPO's).
 
-    Ranks agree through one all-reduce of a flag per step, so all of them stop at the same step.
+    Processes agree through one all-reduce of a flag per step, so all of them stop at the same step.
     """
 
     def __init__(self) -> None:
         self.bad_loss: float | None = None  # the first non-finite loss of the current step
-        self._hook = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None and self._hook is None:
-            self._hook = model.register_forward_hook(self._watch)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def _watch(self, module, inputs, output) -> None:
-        if not module.training or not torch.is_grad_enabled() or self.bad_loss is not None:
-            return
-        loss = _output_loss(output)
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-            self.bad_loss = float(loss.detach().float().reshape(-1)[0])
+    def observe(self, loss) -> None:
+        if self.bad_loss is None and isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            self.bad_loss = float(loss.float().reshape(-1)[0])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         what = None
@@ -73,16 +59,13 @@ class NonFiniteLossGuard(TrainerCallback):
         elif (control.should_save or state.global_step >= state.max_steps) and model is not None \
                 and not _weights_finite(model):  # weights about to be saved (a step or the final checkpoint)
             what = "the trainable weights became non-finite (the loss was still finite)"
-        if _any_rank(what is not None, args) and what is None:
+        if any_process(what is not None, args.device) and what is None:
             what = "another process saw a non-finite loss or weights"
         self.bad_loss = None
         if what is None:
             return
         control.should_save = False  # belt and braces: the raise below already prevents the save
         control.should_training_stop = True
-        from vlmtune.train.fit import latest_complete_checkpoint
-
-        self.on_train_end(args, state, control)
         error = NonFiniteLoss(state.global_step, what, latest_complete_checkpoint(args.output_dir))
         log.error("%s", error)
         raise error
@@ -93,18 +76,7 @@ def _weights_finite(model) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def _any_rank(flag: bool, args) -> bool:
-    """True when `flag` is true on any process (one all-reduce; just `flag` in a single process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=args.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-class UntrainedPart(RuntimeError):
+class UntrainedPart(TrainingStopped):
     """A part the policy trains received no gradient at all: its weights would never change."""
 
 
@@ -117,15 +89,11 @@ class UntrainedPartGuard(TrainerCallback):
     model.vision.feature_layer are frozen up front by the policy: vlmtune.train.reach.) Several steps are watched
     because one batch without images legitimately leaves the vision side without gradient. Gradients are already
     averaged across processes here, so every rank reaches the same verdict. Under DeepSpeed and FSDP the gradients
-    live sharded outside `param.grad`, so the check is off there.
+    live sharded outside `param.grad`, so the trainer turns the check off there (`enabled=False`).
     """
 
-    def __init__(self, steps: int = 8) -> None:
-        from accelerate import PartialState
-        from accelerate.utils import DistributedType
-
-        sharded = PartialState().distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        self.steps = 0 if sharded else steps
+    def __init__(self, steps: int = 8, enabled: bool = True) -> None:
+        self.steps = steps if enabled else 0
         self.seen = 0
         self.reached: set[str] = set()  # trainable parameter names that received a non-zero gradient
 

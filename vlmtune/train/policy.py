@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig
+from vlmtune.errors import PolicyError
 from vlmtune.model.parts import PART_NAMES, parts_of
 from vlmtune.model.parts import part_of as _part_of
 from vlmtune.train.reach import unused_vision_parameters
@@ -29,8 +30,6 @@ log = logging.getLogger("vlmtune")
 
 LLM_PLACEHOLDER = "{llm}"  # in peft.target: the LLM's module path for the model's architecture
 VISION_PLACEHOLDER = "{vision}"  # in peft.vision_target
-MODES = {"vision": ("frozen", "full", "lora"), "projector": ("frozen", "full"),
-         "llm": ("frozen", "full", "lora", "qlora")}
 
 
 def part_of(name: str, parts: dict[str, str] | None = None) -> str:
@@ -39,13 +38,8 @@ def part_of(name: str, parts: dict[str, str] | None = None) -> str:
 
 
 def _modes(policy: PolicyConfig) -> dict[str, str]:
-    modes = {part: getattr(policy, part).mode for part in PART_NAMES}
-    for part, mode in modes.items():
-        if mode not in MODES[part]:
-            raise ValueError(f"policy.{part}.mode={mode!r}: expected one of {', '.join(MODES[part])}")
-    if all(mode == "frozen" for mode in modes.values()):
-        raise ValueError("nothing would train: policy.vision, policy.projector and policy.llm are all frozen")
-    return modes
+    """Each part's mode (valid per part, not all frozen: checked by PolicyConfig when the config is composed)."""
+    return {part: getattr(policy, part).mode for part in PART_NAMES}
 
 
 def _trains(part: str, modes: dict[str, str]) -> bool:
@@ -92,6 +86,13 @@ def bnb_4bit_config(peft: PeftConfig, model_type: str = "llava"):
 
     return bnb_config(4, peft.quant_type, getattr(torch, peft.compute_dtype), peft.double_quant,
                       model_type=model_type)
+
+
+def quantization_for(cfg, base: str):
+    """The load-time quantization a training run's policy needs for the checkpoint `base`: 4-bit under qlora."""
+    from vlmtune.model.parts import model_type_at
+
+    return bnb_4bit_config(cfg.peft, model_type_at(base)) if cfg.policy.llm.mode == "qlora" else None
 
 
 def lora_target(target: str, parts: dict[str, str]) -> str:
@@ -177,7 +178,7 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
     modes = {part: rule.mode for part, rule in rules.items()}
     if modes["llm"] == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False):
-            raise ValueError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
+            raise PolicyError("policy.llm.mode=qlora needs the LLM loaded in 4-bit (bnb_4bit_config at load time)")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora_parts = {part for part, mode in modes.items() if mode in ("lora", "qlora")}
     # Fully-trained parts are saved inside the adapter, so the adapter directory is self-contained.
@@ -206,18 +207,18 @@ def _lora(model, rules: dict[str, PartPolicy], peft: PeftConfig, parts: dict[str
     stray = {part: names for part, names in landed.items() if part not in lora_parts}
     if stray:
         part, names = next(iter(stray.items()))
-        raise ValueError(f"the LoRA targets put adapters on {sorted(stray)}, which policy does not adapt (e.g. "
-                         f"{names[0]}); LoRA must stay on the LLM only unless policy.<part>.mode=lora. Fix "
-                         f"peft.target / peft.vision_target ({LLM_PLACEHOLDER} stands for {parts['llm']})")
+        raise PolicyError(f"the LoRA targets put adapters on {sorted(stray)}, which policy does not adapt (e.g. "
+                          f"{names[0]}); LoRA must stay on the LLM only unless policy.<part>.mode=lora. Fix "
+                          f"peft.target / peft.vision_target ({LLM_PLACEHOLDER} stands for {parts['llm']})")
     missing = lora_parts - set(landed)
     if missing:
         targeted = [m for m in unused_vision if re.fullmatch(lora_target(peft.vision_target, parts), m)]
         cut = (f"; the vision modules after model.vision.feature_layer (here "
                f"{model.config.vision_feature_layer}) never reach the projector and are left out, e.g. "
                f"{(targeted or unused_vision)[0]}") if "vision" in missing and unused_vision else ""
-        raise ValueError(f"policy marks {sorted(missing)} for LoRA but no module there matches peft.target / "
-                         f"peft.vision_target ({LLM_PLACEHOLDER} = {parts['llm']}, {VISION_PLACEHOLDER} = "
-                         f"{parts['vision']}){cut}")
+        raise PolicyError(f"policy marks {sorted(missing)} for LoRA but no module there matches peft.target / "
+                          f"peft.vision_target ({LLM_PLACEHOLDER} = {parts['llm']}, {VISION_PLACEHOLDER} = "
+                          f"{parts['vision']}){cut}")
     return model
 
 
@@ -244,7 +245,7 @@ def apply_policy(model, policy: PolicyConfig, peft: PeftConfig):
     trained = {part_of(name, parts) for name, param in model.named_parameters() if param.requires_grad}
     for part, mode in modes.items():
         if mode != "frozen" and part not in trained:
-            raise ValueError(f"policy.{part}.mode={mode} but no parameter of the {part} ({parts[part]}) would train")
+            raise PolicyError(f"policy.{part}.mode={mode} but no parameter of the {part} ({parts[part]}) would train")
     _gradient_checkpointing(model, policy, parts)
     return model
 
@@ -264,8 +265,8 @@ def _gradient_checkpointing(model, policy: PolicyConfig, parts: dict[str, str]) 
         if getattr(policy, part).gradient_checkpointing:
             module = base.get_submodule(parts[part])
             if not getattr(module, "supports_gradient_checkpointing", False):
-                raise ValueError(f"policy.{part}.gradient_checkpointing=true: {type(module).__name__} does not "
-                                 "support gradient checkpointing")
+                raise PolicyError(f"policy.{part}.gradient_checkpointing=true: {type(module).__name__} does not "
+                                  "support gradient checkpointing")
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
