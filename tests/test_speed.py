@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,60 @@ def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp
     assert fast.keys() == plain.keys()
     for name, tensor in fast.items():
         torch.testing.assert_close(tensor, plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sft_vision_feature_cache_reads_every_image_of_later_epochs_and_trains_the_same(pipeline, tmp_path):
+    from conftest import vlmtune
+
+    common = [f"init_from={pipeline['pretrain'] / 'checkpoint'}", "data.max_train_samples=8", "optim.batch_size=4",
+              "optim.epochs=2", "logger=none", "evaluate_at_end=false"]
+    out = vlmtune("sft", f"run_dir={tmp_path / 'cached'}", f"vision_feature_cache={tmp_path / 'features'}", *common)
+    assert "vision feature cache: 8 images read from disk, 8 encoded" in out
+    vlmtune("sft", f"run_dir={tmp_path / 'plain'}", *common)
+    cached, plain = (load_file(str(tmp_path / run / "checkpoint" / "adapter_model.safetensors"))
+                     for run in ("cached", "plain"))
+    for name, tensor in cached.items():
+        torch.testing.assert_close(tensor, plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bench_runs_the_baseline_and_vlmtune_on_the_same_samples(cache, tmp_path):
+    """`make bench` end to end at the smoke size (its figures mean nothing here): both paths train the same samples
+    and supervised tokens, and the report has every figure."""
+    from conftest import run_cli
+
+    run_cli(sys.executable, "-m", "vlmtune.bench", "--size", "smoke", "--repeats", "1", "--only", "trl", "vlmtune",
+            "--out", str(tmp_path))
+    report = json.loads((tmp_path / "bench.json").read_text())
+    trl, fast = report["summary"]["trl"], report["summary"]["vlmtune"]
+    assert trl["supervised_tokens"] == fast["supervised_tokens"] > 0 and trl["samples"] == fast["samples"] == 12
+    assert fast["vs_trl"]["median"] > 0 and fast["padding"]["median"] <= trl["padding"]["median"]
+    assert "| vlmtune |" in (tmp_path / "bench.md").read_text()
+
+
+def test_gpu_bench_runs_end_to_end_in_smoke_mode(cache, tmp_path):
+    """`make bench-gpu`'s script on the CPU with tiny models of its architectures: every mode, both paths."""
+    from conftest import run_cli
+
+    run_cli(sys.executable, "-m", "vlmtune.bench.gpu", "--smoke", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "bench-gpu.json").read_text())
+    assert set(report["results"]) == {"full", "lora", "qlora"} and report["smoke"]
+    for paths in report["results"].values():
+        [trl], [fast] = paths["trl"], paths["vlmtune"]
+        assert trl["supervised"] == fast["supervised"] > 0 and trl["samples"] == fast["samples"]
+
+
+def test_model_flops_count_weights_attention_and_the_frozen_tower(tiny, tmp_path):
+    from vlmtune.bench.gpu import model_flops
+    from vlmtune.config import LLMConfig, ModelConfig, VisionConfig
+    from vlmtune.model.compose import compose
+
+    model, processor = compose(ModelConfig(vision=VisionConfig(path=str(tiny / "vision" / "clip")),
+                                           llm=LLMConfig(path=str(tiny / "llm" / "llama"))))
+    model.save_pretrained(tmp_path)
+    text = model.config.text_config
+    llm = model.model.language_model
+    weights = sum(p.numel() for p in llm.parameters()) - llm.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    counts = {"tokens": 100, "squared_lengths": 5000, "samples": 2}
+    expected = 6 * weights * 100 + 12 * text.num_hidden_layers * text.hidden_size * 5000 + 2 * vision * 9 * 2
+    assert model_flops(tmp_path, counts, image_tokens=9) == expected

@@ -16,8 +16,9 @@ import types
 
 import torch
 
-# Vocabulary rows per tile: a tile holds (supervised tokens, up to 4096) x this many floats.
-VOCAB_CHUNK = 8192
+# Vocabulary rows per tile (TRL's width): a tile holds (supervised tokens, up to 4096) x this many floats. Wide tiles
+# mean few operations per step, which counts on a CPU; the supervised tokens keep the tile small.
+VOCAB_CHUNK = 32_768
 # Output scalings that TRL's fused head knows and this one does not reproduce: such models keep TRL's head.
 UNSUPPORTED_SCALINGS = ("output_multiplier", "lm_head_multiplier", "logits_scaling")
 
@@ -63,7 +64,8 @@ def use_supervised_head(model, outputs: tuple[str, ...] = ("log_probs", "entropy
         mask = labels != -100
         with maybe_gather_lm_head_ctx(head.weight, head.bias):
             per_token = ChunkedLogProbFunction.apply(hidden.to(head.weight.device)[mask], head.weight, head.bias,
-                                                     labels[mask], 1.0, VOCAB_CHUNK, softcap, scale, outputs)
+                                                     labels[mask], 1.0, VOCAB_CHUNK, softcap, scale,
+                                                     outputs)
         # Scattered back to (batch, length - 1) as TRL's head returns them; masked_scatter keeps an all-masked batch
         # connected to the graph (a differentiable zero).
         log_probs, entropy, _, _, is_top1 = (None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x)
