@@ -121,6 +121,9 @@ class DataConfig:
     # batches of optim.batch_size.
     group_by_length: bool | None = None
     batch_tokens: int | None = None  # length-aware batches: padded tokens per batch; None = batch size x mean length
+    # Dataloader processes that decode and process images off the training loop: None = 4 on a GPU, 0 on a CPU
+    # (there they would take cores from the compute) and for streams (whose order they would change).
+    workers: int | None = None
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples
     max_test_samples: int | None = None  # evaluate only the first N test samples
@@ -141,6 +144,10 @@ class OptimConfig:
     # The LM head and the loss only at supervised positions, in vocabulary chunks (vlmtune/train/supervised_head.py);
     # false = at every position, as TRL does on CPUs.
     supervised_head: bool = True
+    # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU; TRL keeps its own LM head): None = when liger-kernel is installed
+    # and training on a CUDA GPU.
+    liger_kernel: bool | None = None
+    torch_compile: bool = False  # torch.compile the model (the Trainer's torch_compile): GPUs; compiling takes minutes
 
 
 @dataclass

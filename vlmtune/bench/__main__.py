@@ -73,14 +73,18 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Per configuration: medians and (min, max) of each figure; speed ratios to the baseline paired by repeat."""
     summary = {}
     baseline = [derived(r)["supervised_tokens_per_s"] for r in runs["trl"]] if "trl" in runs else None
+    baseline_cpu = [{"cpu_seconds": r["cpu_seconds"]} for r in runs.get("trl", [])]
     for name, measured in runs.items():
-        figures = [derived(r) | {"peak_rss_mb": r["peak_rss_mb"], "seconds": r["seconds"]} for r in measured]
+        figures = [derived(r) | {"peak_rss_mb": r["peak_rss_mb"], "seconds": r["seconds"],
+                                 "cpu_seconds": r["cpu_seconds"]} for r in measured]
         row = {key: {"median": statistics.median(f[key] for f in figures),
                      "min": min(f[key] for f in figures), "max": max(f[key] for f in figures)}
                for key in figures[0]}
         if baseline:
             ratios = [f["supervised_tokens_per_s"] / b for f, b in zip(figures, baseline, strict=True)]
             row["vs_trl"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+            work = [b["cpu_seconds"] / f["cpu_seconds"] for f, b in zip(figures, baseline_cpu, strict=True)]
+            row["cpu_vs_trl"] = {"median": statistics.median(work), "min": min(work), "max": max(work)}
         row["supervised_tokens"] = measured[0]["supervised"]
         row["samples"] = measured[0]["samples"]
         summary[name] = row
@@ -95,13 +99,15 @@ def markdown(summary: dict[str, dict], settings: dict, conditions: dict) -> str:
              f"epochs, batch {settings['batch_size']}, LoRA r=16 + projector, fp32; {conditions['repeats']} "
              f"interleaved repeats, median (min-max). {conditions['machine']}; load average "
              f"{conditions['load_min']:.1f}-{conditions['load_max']:.1f} during the runs.", "",
-             "| configuration | supervised tokens/s | vs TRL | samples/s | padding | peak RSS MB | train s |",
-             "|---|---|---|---|---|---|---|"]
+             "| configuration | supervised tokens/s | vs TRL | samples/s | padding | peak RSS MB | train s | CPU s "
+             "| CPU time vs TRL |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary.items():
         ratio = cell(row["vs_trl"], ".2f") + "x" if "vs_trl" in row else "-"
+        work = cell(row["cpu_vs_trl"], ".2f") + "x" if "cpu_vs_trl" in row else "-"
         lines.append(f"| {name} | {cell(row['supervised_tokens_per_s'], '.0f')} | {ratio} | "
                      f"{cell(row['samples_per_s'], '.2f')} | {row['padding']['median']:.0%} | "
-                     f"{cell(row['peak_rss_mb'], '.0f')} | {cell(row['seconds'], '.0f')} |")
+                     f"{cell(row['peak_rss_mb'], '.0f')} | {cell(row['seconds'], '.0f')} | "
+                     f"{cell(row['cpu_seconds'], '.0f')} | {work} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,20 +8,37 @@ long ones in smaller, and a step costs about the same whatever it holds.
 
 The batches are cut once (the sort breaks ties in a seeded random order), so every epoch has the same number of
 steps, which the Trainer's schedule needs; each epoch visits them in a new seeded order (`set_epoch`), which a
-resumed run reproduces. The default budget, the global batch size (`optim.batch_size` x processes) x the mean
-sample length, keeps the steps per epoch and the tokens per step of fixed batches, while capping a batch's padded
-size (and memory) below the worst random batch's. Under several processes every process cuts the same global
+resumed run reproduces. The default budget is the smallest that keeps the steps per epoch of fixed batches of
+`optim.batch_size` (per process): the same schedule and optimizer steps as the plain path, the least padding, and
+a batch never larger than the worst fixed batch. Under several processes every process cuts the same global
 batches and takes every n-th sample of each (similar lengths, so similar work per process): the processes of one
-step train together exactly the batch that one process would, as with fixed batches.
+step train together exactly the batch that one process would, whenever each batch holds a sample per process.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from vlmtune.errors import ConfigError
+
+
+def _batch_sizes(ascending: Sequence[int], max_tokens: int, min_samples: int) -> list[int]:
+    """The sizes of the batches a greedy cut of ascending lengths gives under `max_tokens`."""
+    sizes: list[int] = []
+    size = 0
+    for length in ascending:  # the newest sample is the batch's longest
+        if size >= min_samples and (size + 1) * length > max_tokens:
+            sizes.append(size)
+            size = 0
+        size += 1
+    if sizes and size < min_samples:  # too few left for every process: they join the last batch
+        sizes[-1] += size
+    elif size:
+        sizes.append(size)
+    return sizes
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0,
@@ -31,24 +48,27 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0,
     generator = torch.Generator().manual_seed(seed)
     shuffled = torch.randperm(len(lengths), generator=generator).tolist()
     order = sorted(shuffled, key=lambda i: lengths[i])  # stable: equal lengths stay in shuffled order
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for index in order:  # ascending, so the newest sample is the batch's longest
-        if len(batch) >= min_samples and (len(batch) + 1) * lengths[index] > max_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(index)
-    if batches and len(batch) < min_samples:  # too few left for every process: they join the last batch
-        batches[-1] += batch
-    elif batch:
-        batches.append(batch)
+    batches, start = [], 0
+    for size in _batch_sizes([lengths[i] for i in order], max_tokens, min_samples):
+        batches.append(order[start:start + size])
+        start += size
     return batches
 
 
-def default_budget(lengths: Sequence[int], batch_size: int) -> int:
-    """The budget that keeps fixed batches' steps per epoch: `batch_size` mean-length samples, at least the longest."""
-    mean = sum(lengths) / len(lengths)
-    return max(round(batch_size * mean), max(lengths))
+def default_budget(lengths: Sequence[int], batch_size: int, min_samples: int = 1) -> int:
+    """The smallest budget that cuts no more batches than fixed batches of `batch_size` would make: the plain path's
+    steps per epoch (so its schedule and optimizer steps), with the least padding per step. At most `batch_size`
+    times the longest sample, the worst a fixed batch can pad to."""
+    ascending = sorted(lengths)
+    steps = math.ceil(len(lengths) / batch_size)
+    low, high = max(lengths), batch_size * max(lengths)
+    while low < high:  # fewer batches as the budget grows
+        middle = (low + high) // 2
+        if len(_batch_sizes(ascending, middle, min_samples)) <= steps:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 class TokenBudgetBatches(torch.utils.data.Sampler[list[int]]):
@@ -94,7 +114,7 @@ def length_batches(dataset, data, batch_size: int, seed: int, replicas: int = 1,
             raise ConfigError("data.group_by_length=true needs every sample's measured length before training "
                              "(in-memory data); set data.group_by_length=false")
         return None
-    budget = data.batch_tokens or default_budget(lengths, batch_size * replicas)
+    budget = data.batch_tokens or default_budget(lengths, batch_size * replicas, min_samples=replicas)
     return TokenBudgetBatches(lengths, budget, seed, replicas, rank)
 
 

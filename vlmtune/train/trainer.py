@@ -49,6 +49,25 @@ def precision_flags(precision: str) -> tuple[bool, bool]:
     raise ConfigError(f"optim.precision={precision!r}: expected auto, fp32, bf16 or fp16")
 
 
+def dataloader_workers(data) -> int:
+    """`data.workers`, or its default: 4 on a GPU, 0 on a CPU and for streams."""
+    if data.workers is not None:
+        if data.workers > 0 and data.streaming:
+            raise ConfigError("data.workers>0 with data.streaming=true: workers would each read the stream and change "
+                              "its order (and exact resume); set data.workers=0")
+        return data.workers
+    return 4 if torch.cuda.is_available() and not data.streaming else 0
+
+
+def use_liger(liger_kernel: bool | None) -> bool:
+    """`optim.liger_kernel`, or its default: on when liger-kernel is installed and a CUDA GPU trains."""
+    import importlib.util
+
+    if liger_kernel is not None:
+        return liger_kernel
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
 def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) -> dict:
     """The Trainer settings every TRL trainer of a recipe shares (SFTConfig, DPOConfig): optimizer, schedule,
     precision and device, logging, step checkpoints."""
@@ -80,7 +99,10 @@ def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) ->
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=max(cfg.save_steps, 1),
         save_total_limit=None,
-        dataloader_num_workers=0,
+        dataloader_num_workers=dataloader_workers(cfg.data),
+        dataloader_persistent_workers=dataloader_workers(cfg.data) > 0,  # not re-forked every epoch
+        use_liger_kernel=use_liger(optim.liger_kernel),
+        torch_compile=optim.torch_compile,
         disable_tqdm=True,  # the loss lines from `logging_steps` say more in logs and CI than a bar
         remove_unused_columns=False,
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
