@@ -15,7 +15,8 @@ skips (padding, unsupervised positions of the head) raises its MFU. The GPU's pe
 (`--peak-tflops` to give it). `--smoke` runs the same script end to end on a CPU with tiny models of the same
 architectures (fp32), so it is known to work before a GPU is at hand.
 
-    python -m vlmtune.bench.gpu [--smoke] [--only full lora qlora] [--repeats 1] [--out bench-gpu-results]
+    python -m vlmtune.bench.gpu [--smoke] [--only full lora qlora] [--repeats 1] [--also data.packing=true ...]
+                                [--out bench-gpu-results]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", choices=list(MODES), help="run only these modes")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from its name)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="OVERRIDE",
+                        help="also measure vlmtune with each of these sft overrides, e.g. data.packing=true")
     parser.add_argument("--out", type=Path, default=Path("bench-gpu-results"))
     args = parser.parse_args(argv)
     import torch
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         (workdir / "settings.json").write_text(json.dumps({**written[workload], **settings}, indent=1))
         vision = written[workload]["vision_config"]
         image_tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+        paths = {"trl": [], "vlmtune": [], **{f"vlmtune {override}": [override] for override in args.also}}
         for repeat in range(args.repeats):
-            for path in (["trl", "vlmtune"] if repeat % 2 == 0 else ["vlmtune", "trl"]):
-                measured = run_once(workdir, path, [], workdir / "result.json")
+            for path in (list(paths) if repeat % 2 == 0 else list(reversed(paths))):
+                measured = run_once(workdir, path, paths[path], workdir / "result.json")
                 flops = model_flops(workdir / "base", measured, image_tokens)
                 measured |= {"tokens_per_s": measured["supervised"] / measured["seconds"],
                              "mfu": flops / measured["seconds"] / peak if peak else None}
