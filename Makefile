@@ -13,7 +13,10 @@ install:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build on this machine's disk; a range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,optuna]"
+	$(BIN)/python -m pip install --quiet -e ".[test,optuna,submitit]"
+	# DeepSpeed builds from its source archive against the torch above (about 50 s here): no build isolation.
+	$(BIN)/python -m pip install --quiet wheel
+	$(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.19,<0.20"  # = the [deepspeed] extra
 
 demo:
 	$(BIN)/vlmtune demo

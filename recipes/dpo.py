@@ -18,11 +18,13 @@ from omegaconf import DictConfig
 
 from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="dpo", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.errors import DataReport
     from vlmtune.data.preferences import read_preference_split, to_preference_dataset
@@ -33,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.runs import log, start_run
     from vlmtune.train.dpo import fit_dpo, score_preferences
     from vlmtune.train.policy import apply_policy, parameter_table, quantization_for
+    from vlmtune.train.sharded import full_weights
 
     run = start_run(cfg, "dpo")
     cfg = run.cfg
@@ -54,9 +57,11 @@ def main(cfg: DictConfig) -> float | None:
             preemption=run.preemption, ref_model=ref_model)
 
     init = Path(cfg.init_from).resolve()
-    if is_main_process():
-        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)))
-        log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
+    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
+        if is_main_process():
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)),
+                            weights)
+            log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
     run.wait_for_everyone()
     metrics = None
     if cfg.evaluate_at_end and cfg.data.test and is_main_process():

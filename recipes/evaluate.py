@@ -10,11 +10,13 @@ from omegaconf import DictConfig
 
 from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float:
     from vlmtune.eval.run import evaluate_checkpoint
     from vlmtune.runs import start_run

@@ -10,15 +10,18 @@ from omegaconf import DictConfig
 
 from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> None:
     from vlmtune import tracking
     from vlmtune.data.streaming import check_streaming
     from vlmtune.data.training import training_data
+    from vlmtune.memory import preflight
     from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
@@ -27,6 +30,7 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.policy import apply_policy, parameter_table
     from vlmtune.train.sft import fit
+    from vlmtune.train.sharded import full_weights
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
@@ -39,6 +43,7 @@ def main(cfg: DictConfig) -> None:
     log.info("parameters:\n%s", parameters)
 
     captions = training_data(cfg.data, processor, run.dir)
+    preflight(model, processor, cfg, captions.report.lengths)  # memory per device; refuses a run that cannot fit
     if not captions.streamed:  # a stream's report is complete only when training ends
         run.record_data("train", captions.report)
     if run.tracker is not None:  # git sha, system, data fingerprint (in memory), parameter table: W&B summary
@@ -53,12 +58,13 @@ def main(cfg: DictConfig) -> None:
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
-    if is_main_process():
-        save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance())
-        log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
-        if run.tracker is not None and cfg.logger.log_checkpoint:
-            tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
-                k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
+    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
+        if is_main_process():
+            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(), weights)
+            log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
+            if run.tracker is not None and cfg.logger.log_checkpoint:
+                tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
+                    k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
     run.finish()
 
 

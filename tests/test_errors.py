@@ -135,7 +135,7 @@ CASES = {
     # checkpoints
     "missing_init_from": (_sft("init_from={root}/no_such_checkpoint"), "no_such_checkpoint"),
     "not_a_checkpoint": (["evaluate", "logger=none", "checkpoint={not_a_checkpoint}"], "not_a_checkpoint"),
-    "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "model.safetensors"),
+    "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "truncated_checkpoint"),
     "adapter_base_moved": (["evaluate", "logger=none", "checkpoint={moved_adapter}"], "the_base_that_moved"),
     "quantized_to_export": (["export", "checkpoint={quantized}"], "not an adapter directory"),
     "resume_missing": (_sft("resume={root}/no_such_step", "init_from={pretrain}"), "resume="),
@@ -210,3 +210,14 @@ def test_several_processes_print_the_error_once_and_all_exit(bad, tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0 and len(errors) == 1 and "nowhere.png" in errors[0], output[-3000:]
     assert not re.search(r'File "[^"]*/(vlmtune|recipes)/', output), output[-3000:]
+
+
+def test_a_vlmtune_launch_of_several_processes_prints_only_the_error(bad, tmp_path):
+    """Through `vlmtune <recipe> launcher=ddp`, vlmtune starts accelerate's launcher itself and drops its report of
+    the failed ranks when they stopped on an error the user can fix: one `error:` line, no traceback, exit code 1."""
+    result = _run(["sft", *COMMON, "launcher=ddp", "launcher.num_processes=2", f"data.train={bad['missing_image']}",
+                   f"init_from={bad['pretrain']}", f"run_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and len(errors) == 1 and "nowhere.png" in errors[0], output[-3000:]
+    assert "Traceback" not in output and "ChildFailedError" not in output, output[-3000:]

@@ -292,6 +292,26 @@ class EvalConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How many processes run a recipe and which engine spreads the model over them (conf/launcher/<name>.yaml).
+
+    A profile other than `single` makes `vlmtune <recipe>` re-execute itself under `accelerate launch`, with an
+    accelerate config file written from these fields to <run_dir>/accelerate_config.yaml (see docs/scaling.md).
+    """
+
+    name: str = "single"  # the profile: single | ddp | fsdp2 | zero2 | zero3 | zero3_offload
+    num_processes: int = 1  # processes in all, over every machine (accelerate's num_processes): one per GPU
+    num_machines: int = 1  # machines (nodes); each runs the same command with its own machine_rank
+    machine_rank: int = 0  # this machine's index, 0 .. num_machines - 1; machine 0 hosts the rendezvous
+    main_process_ip: str | None = None  # machine 0's address, reachable from every machine (num_machines > 1)
+    main_process_port: int = 29500  # a free TCP port on machine 0 for the rendezvous
+    preflight: bool = True  # estimate memory per device before training and refuse a run that cannot fit
+    device_memory_gb: float | None = None  # memory of one device for the preflight; None = the GPU's (CPU: RAM share)
+    # The profile's accelerate config file settings: distributed_type and its deepspeed_config / fsdp_config.
+    accelerate: dict[str, Any] = field(default_factory=lambda: {"distributed_type": "NO"})
+
+
+@dataclass
 class RecipeConfig:
     """Fields every recipe shares."""
 
@@ -299,6 +319,7 @@ class RecipeConfig:
     seed: int = 0  # seeds python, numpy and torch (and the data order)
     paths: dict[str, Any] = field(default_factory=dict)  # cache locations, interpolated into other fields
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # experiment tracking
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # processes and engine (launcher=<profile>)
 
 
 @dataclass

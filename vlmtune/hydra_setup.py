@@ -21,6 +21,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLMTUNE_CACHE") or Path.home() / ".cache" / "vlmtune")
 
 
+# Whether this process was given its run stamp (by the process that started it, or by the user) rather than making
+# one: machines of a multi-node run that each make their own would name different run directories.
+STAMP_GIVEN = bool(os.environ.get("VLMTUNE_RUN_STAMP"))
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -36,7 +41,11 @@ def run_stamp() -> str:
 
         # Ranks started by one `accelerate launch` / `torchrun` share the parent process: use its start time.
         moment = datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
-    return moment.strftime("%Y%m%d-%H%M%S")
+    stamp = moment.strftime("%Y%m%d-%H%M%S")
+    # Processes this one starts inherit it: the jobs of a submitit sweep (each its own process, on other machines
+    # under SLURM) and the ranks of a launch (vlmtune.launch) name the same sweep / run directory.
+    os.environ["VLMTUNE_RUN_STAMP"] = stamp
+    return stamp
 
 
 def default_run_dir(runs: str) -> str:
@@ -57,6 +66,8 @@ def setup() -> None:
     OmegaConf.register_new_resolver("vlmtune_cache", lambda: str(cache_dir()))
     OmegaConf.register_new_resolver("run_stamp", run_stamp)
     OmegaConf.register_new_resolver("default_run_dir", default_run_dir)
+    # conf/hydra/launcher/slurm.yaml: GPUs per node = processes / machines.
+    OmegaConf.register_new_resolver("per_machine", lambda processes, machines: int(processes) // int(machines))
     # Only rank 0 writes Hydra's .hydra/ folder; other ranks would race it with identical files.
     OmegaConf.register_new_resolver("hydra_subdir_on_main", lambda: ".hydra" if _rank() == 0 else None)
     OmegaConf.register_new_resolver("rank_suffix", lambda: "" if _rank() == 0 else f".rank{_rank()}")

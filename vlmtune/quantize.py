@@ -18,8 +18,11 @@ SKIP_MODULES = skip_modules("llava")
 
 
 def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32,
-               double_quant: bool = True, model_type: str = "llava"):
-    """bitsandbytes settings that quantize the LLM only (QLoRA training and the quantize recipe share them)."""
+               double_quant: bool = True, model_type: str = "llava", storage_dtype: torch.dtype | None = None):
+    """bitsandbytes settings that quantize the LLM only (QLoRA training and the quantize recipe share them).
+
+    `storage_dtype`: the dtype 4-bit weights are packed into (default uint8); FSDP shards them only when it is a
+    float dtype, the compute dtype (FSDP-QLoRA)."""
     from transformers import BitsAndBytesConfig
 
     skip = skip_modules(model_type)
@@ -28,7 +31,7 @@ def bnb_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = 
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                   bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
-                                  llm_int8_skip_modules=skip)
+                                  llm_int8_skip_modules=skip, bnb_4bit_quant_storage=storage_dtype or torch.uint8)
     raise ConfigError(f"bits={bits} is not supported by bitsandbytes; valid values: 4, 8")
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,10 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any]) -> Path:
-    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically."""
+def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any],
+                    state_dict: dict[str, Any] | None = None) -> Path:
+    """Write model (or adapter), processor, model card and provenance to `out_dir` atomically. `state_dict`: the
+    weights to write instead of the model's own (gathered from FSDP2 shards: vlmtune.train.sharded)."""
 
     from vlmtune.quantize import quantization_summary
 
@@ -109,7 +112,7 @@ def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any])
     config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         processor.save_pretrained(tmp)
         full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
                 "versions": library_versions()}
@@ -156,13 +159,30 @@ def load_vlm(
     `device` places the model: a full checkpoint is loaded straight onto it (bitsandbytes weights are quantized
     for, and stay on, the device they were loaded to), a merged adapter is moved there.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from vlmtune.compat import allow_missing_video_processor
 
     allow_missing_video_processor()  # Qwen2-VL's processor without torchvision
     if _looks_local(path):
         _require_dir(path, what)
+    with _unreadable_as_checkpoint_error(path, what):
+        return _load(path, dtype, quantization_config, device, what)
+
+
+@contextmanager
+def _unreadable_as_checkpoint_error(path, what: str):
+    """Weights or processor files that cannot be read (cut short, corrupt) are a CheckpointError naming them."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{what}: cannot read {path} ({type(err).__name__}: {err}); its files are incomplete "
+                              "or corrupt (a copy or a write cut short?): write it again or give another") from err
+
+
+def _load(path, dtype, quantization_config, device, what: str):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     processor = AutoProcessor.from_pretrained(path)
     if is_adapter(path):
         from peft import PeftModel

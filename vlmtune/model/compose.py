@@ -34,6 +34,17 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     return model_class.from_pretrained(path, dtype=dtype)
 
 
+def _vision_on_meta(path: str, dtype: torch.dtype):
+    """The vision half of a checkpoint's architecture, built on the meta device: shapes, no weights."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(path)
+    vision_config = getattr(config, "vision_config", config)
+    with torch.device("meta"):
+        return MODEL_MAPPING[type(vision_config)](vision_config).to(dtype)
+
+
 def template_key(cfg: ModelConfig) -> str:
     """The TEMPLATES key a composed model uses: model.template, or with `auto` the LLM's own format."""
     return cfg.llm.template if cfg.template == "auto" else cfg.template
@@ -115,7 +126,7 @@ def probe_vision(vision, image_processor, cfg: VisionConfig) -> VisionProbe:
                           "a fixed image-token count needs a fixed size: set model.vision.image_policy=pad")
     layers = [cfg.feature_layer] if isinstance(cfg.feature_layer, int) else list(cfg.feature_layer)
     with torch.no_grad():
-        hidden = vision(pixel_values=square.to(vision.dtype), output_hidden_states=True).hidden_states
+        hidden = vision(pixel_values=square.to(vision.device, vision.dtype), output_hidden_states=True).hidden_states
     selected = [hidden[layer] for layer in layers]
     if selected[0].ndim == 4:  # CNN: (1, channels, rows, cols)
         grids = {tuple(h.shape[-2:]) for h in selected}
@@ -198,8 +209,11 @@ def _require_local(path: str, key: str) -> None:
         raise ConfigError(f"{key}={path} does not exist{hint}")
 
 
-def blueprint(cfg: ModelConfig) -> Blueprint:
-    """Load the vision tower, tokenizer and LLM config, measure the image tokens, build the projector."""
+def blueprint(cfg: ModelConfig, meta: bool = False) -> Blueprint:
+    """Load the vision tower, tokenizer and LLM config, measure the image tokens, build the projector.
+
+    `meta`: the tower is built on the meta device from its config alone (no weights read) and no tokenizer is read.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     if cfg.path is not None:
@@ -210,11 +224,13 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
     projector_class = PROJECTORS.get(cfg.projector.name)
     _check_feature_layer(cfg.vision)
 
-    vision = load_vision_tower(cfg.vision.path, dtype)
+    vision = _vision_on_meta(cfg.vision.path, dtype) if meta else load_vision_tower(cfg.vision.path, dtype)
     image_processor = _image_processor(cfg.vision)
     llm_config = AutoConfig.from_pretrained(cfg.llm.path)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
-    end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(template_key(cfg)))
+    tokenizer = end_of_turn = None
+    if not meta:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.llm.tokenizer or cfg.llm.path)
+        end_of_turn = _prepare_tokenizer(tokenizer, cfg.llm.pad_token, TEMPLATES.get(template_key(cfg)))
 
     probe = probe_vision(vision, image_processor, cfg.vision)
     # A declaration on the meta device (its token count, whether it needs the grid): no weights are drawn here, so
@@ -229,24 +245,34 @@ def blueprint(cfg: ModelConfig) -> Blueprint:
                      projector.output_tokens(probe.tokens, probe.grid), _llava_strategy(cfg.vision, probe))
 
 
-def compose(cfg: ModelConfig):
+def compose(cfg: ModelConfig, meta: bool = False):
     """Build the VLM and its processor that `cfg` describes (vision + LLM weights loaded, projector new).
 
     The result is a plain `llava` model when the projector is `mlp2x_gelu` and Llava can select the features itself;
     otherwise it is the `vlmtune` model type (a Llava subclass with the chosen projector).
+
+    `meta`: the whole model on the meta device from the parts' configs (real sizes, no weights, no tokenizer: the
+    embedding rows of tokens vlmtune would add are not there); the processor is None.
     """
+    from contextlib import nullcontext
+
     from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
     from vlmtune.model.modeling import VlmtuneConfig, VlmtuneForConditionalGeneration
 
-    parts = blueprint(cfg)
+    parts = blueprint(cfg, meta=meta)
     dtype = getattr(torch, cfg.dtype)
-    llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype)
+    if meta:
+        with torch.device("meta"):
+            llm = AutoModelForCausalLM.from_config(parts.llm_config, dtype=dtype)
+    else:
+        llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype)
     tokenizer, probe = parts.tokenizer, parts.probe
     common = dict(
         vision_config=parts.vision.config,
         text_config=llm.config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        # meta: the id <image> would get as the first added token
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) if tokenizer else llm.config.vocab_size,
         image_seq_length=parts.image_tokens,
         projector_hidden_act="gelu",
         vision_feature_layer=cfg.vision.feature_layer,
@@ -269,10 +295,14 @@ def compose(cfg: ModelConfig):
     if parts.plain_llava:  # transformers' own module, so the checkpoint stays a plain `llava` one
         from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-        projector = LlavaMultiModalProjector(config)
+        with torch.device("meta") if meta else nullcontext():
+            projector = LlavaMultiModalProjector(config)
     else:
-        projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, cfg.projector)
+        with torch.device("meta") if meta else nullcontext():
+            projector = type(parts.projector)(probe.feature_dim, llm.config.hidden_size, cfg.projector)
     model.model.multi_modal_projector = projector.to(dtype)
+    if meta:
+        return model, None
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -10,6 +10,7 @@ from it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from vlmtune.errors import TrainingStopped
-from vlmtune.processes import any_process
+from vlmtune.processes import any_process, distributed
 from vlmtune.train.checkpoints import latest_complete_checkpoint
 
 log = logging.getLogger("vlmtune")
@@ -73,7 +74,27 @@ class NonFiniteLossGuard(TrainerCallback):
 
 def _weights_finite(model) -> bool:
     with torch.no_grad():
-        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+        # Under ZeRO-3 a weight is empty between uses and this rank's partition is its `ds_tensor`; under FSDP2 a
+        # weight is a DTensor whose local shard is this rank's.
+        return all(bool(torch.isfinite(_local(getattr(p, "ds_tensor", p))).all())
+                   for p in model.parameters() if p.requires_grad)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (an FSDP2 DTensor's local shard; any other tensor as it is)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _reached_on_any_process(model, reached: set[str], device) -> set[str]:
+    """The trainable tensors that received a gradient in any process (one all-reduce of a flag per tensor)."""
+    if not distributed():
+        return reached
+    import torch.distributed as dist
+
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    flags = torch.tensor([1.0 if name in reached else 0.0 for name in names], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return {name for name, flag in zip(names, flags.tolist(), strict=True) if flag}
 
 
 class UntrainedPart(TrainingStopped):
@@ -87,36 +108,57 @@ class UntrainedPartGuard(TrainerCallback):
     part cut off from the loss. Such a part raises `UntrainedPart`, naming it; trainable tensors of a learning part
     that never get a gradient are reported as a warning, since they only cost memory. (Vision layers after
     model.vision.feature_layer are frozen up front by the policy: vlmtune.train.reach.) Several steps are watched
-    because one batch without images legitimately leaves the vision side without gradient. Gradients are already
-    averaged across processes here, so every rank reaches the same verdict. Under DeepSpeed and FSDP the gradients
-    live sharded outside `param.grad`, so the trainer turns the check off there (`enabled=False`).
+    because one batch without images legitimately leaves the vision side without gradient. Each process notes what
+    its own gradients reached and the processes pool their notes (one all-reduce) before the verdict, so all reach
+    the same one.
+
+    Where the gradients are depends on the engine (the trainer says which): in `param.grad` before the optimizer
+    step for one process, DDP and FSDP (there a rank's shard); DeepSpeed steps inside the backward pass and keeps
+    (ZeRO-2/3: partitions of) the gradients to itself, so under it each trainable tensor's gradient is watched as
+    autograd produces it (a tensor hook, removed after `steps` steps).
     """
 
-    def __init__(self, steps: int = 8, enabled: bool = True) -> None:
+    def __init__(self, steps: int = 8, enabled: bool = True, deepspeed: bool = False) -> None:
         self.steps = steps if enabled else 0
+        self.deepspeed = deepspeed
         self.seen = 0
         self.reached: set[str] = set()  # trainable parameter names that received a non-zero gradient
+        self._hooks: list = []  # DeepSpeed: gradient hooks on the trainable tensors
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.deepspeed and self.steps and model is not None and not self._hooks:
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    self._hooks.append(param.register_hook(functools.partial(self._note, name)))
+
+    def _note(self, name: str, grad: torch.Tensor) -> None:
+        if name not in self.reached and bool(_local(grad).detach().ne(0).any()):
+            self.reached.add(name)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.seen >= self.steps or model is None:
             return
-        for name, param in model.named_parameters():
-            if param.requires_grad and name not in self.reached and param.grad is not None \
-                    and bool(param.grad.detach().ne(0).any()):
-                self.reached.add(name)
+        if not self.deepspeed:
+            for name, param in model.named_parameters():
+                if param.requires_grad and param.grad is not None:
+                    self._note(name, param.grad)
         self.seen += 1
         if self.seen == self.steps:
-            self._verdict(model, state.global_step + 1)
+            self._verdict(model, state.global_step + 1, args.device)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if 0 < self.seen < self.steps and model is not None:
-            self._verdict(model, self.seen)
+            self._verdict(model, self.seen, args.device)
             self.seen = self.steps
 
-    def _verdict(self, model, steps: int) -> None:
+    def _verdict(self, model, steps: int, device) -> None:
         from vlmtune.model.parts import parts_of
         from vlmtune.train.policy import part_of
 
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self.reached = _reached_on_any_process(model, self.reached, device)
         parts = parts_of(model)
         untouched: dict[str, list[str]] = {}
         reached_parts = set()

@@ -127,9 +127,9 @@ def trainer_class(trl_trainer: type) -> type:
             self.preemption = preemption or Preemption()
             self.loss_guard = NonFiniteLossGuard()
             super().__init__(*args, callbacks=list(callbacks or []), **kwargs)
-            sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled  # gradients outside param.grad
             # The loss guard last: it vetoes a save that an earlier callback (preemption) asked for.
-            for callback in (self.preemption, UntrainedPartGuard(enabled=not sharded), self.loss_guard,
+            untrained = UntrainedPartGuard(deepspeed=self.is_deepspeed_enabled)  # where the gradients are
+            for callback in (self.preemption, untrained, self.loss_guard,
                              MarkComplete(keep=recipe.save_total_limit)):
                 self.add_callback(callback)
             if getattr(self.model, "is_loaded_in_4bit", False) and not self.args.bf16:
