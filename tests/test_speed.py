@@ -46,14 +46,22 @@ def _examples(tmp_path) -> list[dict]:
     return list(to_dataset(read_samples(tmp_path / "d.json")))
 
 
-def test_supervised_head_gives_the_plain_loss_per_sample_and_its_gradients(model_and_processor, tmp_path):
+@pytest.mark.parametrize("head", ["frozen", "trained"])
+def test_supervised_head_gives_the_plain_loss_per_sample_and_its_gradients(model_and_processor, tmp_path, head,
+                                                                          monkeypatch):
     """One padded batch through the supervised-only head: each sample's loss equals the model's own loss on that
-    sample alone (full logits, transformers' cross-entropy), and the batch's gradients equal the plain path's."""
+    sample alone (full logits, transformers' cross-entropy), and the batch's gradients equal the plain path's. A
+    frozen head (LoRA, QLoRA) takes vlmtune's gradient-in-the-forward pass, a trained one TRL's kernel."""
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+    from vlmtune.train import supervised_head
     from vlmtune.train.supervised_head import supervised_token_log_probs, use_supervised_head
 
     model, processor = model_and_processor
+    model.lm_head.weight.requires_grad_(head == "trained")
+    called = []
+    original = supervised_head.FrozenHeadLogProbs.apply
+    monkeypatch.setattr(supervised_head.FrozenHeadLogProbs, "apply", lambda *a: called.append(1) or original(*a))
     collate = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
     examples = _examples(tmp_path)
     batch = collate(examples)
@@ -77,6 +85,13 @@ def test_supervised_head_gives_the_plain_loss_per_sample_and_its_gradients(model
     model.zero_grad()
     # Without fused_lm_head the model's own forward runs (generation, evaluation): its loss, its logits.
     torch.testing.assert_close(model(**batch).loss, plain.loss, atol=0, rtol=0)
+    model.lm_head.weight.requires_grad_(True)
+    assert bool(called) == (head == "frozen")
+    if head == "frozen":  # the entropy and top-1 match it reports for SFTTrainer's metrics are the full logits' too
+        logits = plain.logits[:, :-1].float()[mask]
+        log_p = logits.log_softmax(-1)
+        torch.testing.assert_close(fused.entropy[mask], -(log_p.exp() * log_p).sum(-1), atol=1e-4, rtol=1e-4)
+        assert torch.equal(fused.is_top1[mask], logits.argmax(-1) == batch["labels"][:, 1:][mask])
 
 
 def test_supervised_head_keeps_trl_head_for_heads_it_does_not_reproduce(model_and_processor):
