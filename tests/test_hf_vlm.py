@@ -109,7 +109,8 @@ def test_evaluate_scores_the_checkpoint_with_left_padded_batches(runs, shapes, a
     model, processor = load_vlm(runs[arch] / "checkpoint")
     records = read_samples(shapes / "test.json", limit=4)
     alone = [generate_answers(model, processor, [record], batch_size=1)[0]["prediction"] for record in records]
-    lengths = {len(processor.apply_chat_template(r["messages"][:-1], tokenize=True)) for r in records}
+    prompts = [processor.apply_chat_template(r["messages"][:-1], add_generation_prompt=True) for r in records]
+    lengths = {len(processor.tokenizer(prompt)["input_ids"]) for prompt in prompts}
     assert len(lengths) > 1, "the prompts must differ in length, or nothing was padded"
     assert alone == [r["prediction"] for r in rows[:4]]
     suffix = {"llava": " ASSISTANT:", "idefics3": "<end_of_utterance>\nAssistant:",

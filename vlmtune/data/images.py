@@ -63,11 +63,11 @@ def check_image_header(source: Any, where: str, max_pixels: int = MAX_PIXELS) ->
                 width, height = opened.size
     except Image.DecompressionBombError:
         width = height = max_pixels + 1  # far above PIL's own limit: reported below
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as err:
         raise DataError(f"{where}: {name} is not an image PIL can read (corrupt or unsupported format)",
-                        "corrupt_image") from None
+                        "corrupt_image") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: {name} is corrupt ({err})", "corrupt_image") from None
+        raise DataError(f"{where}: {name} is corrupt ({err})", "corrupt_image") from err
     if width * height > max_pixels:
         raise DataError(f"{where}: {name} has {width}x{height} pixels, more than data.max_image_pixels="
                         f"{max_pixels}: a decompression bomb, or downscale it first", "decompression_bomb")
@@ -97,12 +97,12 @@ def load_image(source: Any, where: str, max_pixels: int = MAX_PIXELS):
                 return _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(f"{where}: {name} is too large to decode safely ({err}); downscale it or raise "
-                        "data.max_image_pixels if it is genuine", "decompression_bomb") from None
-    except UnidentifiedImageError:
+                        "data.max_image_pixels if it is genuine", "decompression_bomb") from err
+    except UnidentifiedImageError as err:
         raise DataError(f"{where}: {name} is not an image PIL can read (corrupt or unsupported format)",
-                        "corrupt_image") from None
+                        "corrupt_image") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{where}: {name} is truncated or corrupt ({err}); re-export or remove it",
-                        "corrupt_image") from None
+                        "corrupt_image") from err
     finally:
         Image.MAX_IMAGE_PIXELS = previous

@@ -20,12 +20,12 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); re-encode the file as UTF-8",
-                        "encoding") from None
+                        "encoding") from err
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err}); a file of one sample per line should end in .jsonl",
-                        "malformed_json") from None
+                        "malformed_json") from err
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -93,5 +93,5 @@ def read_rows(source: str | Path, split: str = "train", streaming: bool = False)
     try:  # a hub id; offline runs need it in the local datasets cache
         dataset = load_dataset(str(source), split=split, streaming=streaming)
     except Exception as err:  # datasets raises many types for "not found" / offline
-        raise DataError(f"could not load dataset {source!r} (split {split!r}): {err}", "missing_file") from None
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {err}", "missing_file") from err
     yield from _dataset_rows(dataset, f"{source} [{split}]")

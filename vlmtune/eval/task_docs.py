@@ -52,7 +52,7 @@ def load_table(task: str, path: str, name: str | None, split: str, kwargs: dict[
     except Exception as err:  # datasets raises many types for "not found", "no such split" and offline
         raise DataError(f"task {task}: could not load {source_name(path, name, split)} ({type(err).__name__}: "
                         f"{err}); download it while online, or set eval.task.dataset_path to a local .parquet/"
-                        ".jsonl file or datasets folder with the same columns", "missing_file") from None
+                        ".jsonl file or datasets folder with the same columns", "missing_file") from err
 
 
 def require_columns(task: str, where: str, columns: list[str], needed: dict[str, str]) -> None:
