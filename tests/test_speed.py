@@ -170,8 +170,9 @@ def test_length_batches_follow_the_config(tmp_path):
         length_batches(unmeasured, DataConfig(group_by_length=True), batch_size=2, seed=0)
 
 
-def _train(pipeline, out, **optim):
-    """A few sft steps from the pipeline's pretrain checkpoint through vlmtune's trainer; the trained adapter."""
+def _train(pipeline, out, data: dict | None = None, **optim):
+    """A few sft steps from the pipeline's pretrain checkpoint through vlmtune's trainer (`data` and `optim`: config
+    fields); the trained adapter."""
     from peft import get_peft_model_state_dict
 
     from vlmtune.config import DataConfig, OptimConfig, TrainRecipeConfig
@@ -181,7 +182,8 @@ def _train(pipeline, out, **optim):
     from vlmtune.train.sft import sft_trainer
 
     pad_to = optim.pop("pad_to_multiple_of", None)
-    cfg = TrainRecipeConfig(run_dir=str(out), data=DataConfig(train=str(pipeline["data"])), resume="never",
+    cfg = TrainRecipeConfig(run_dir=str(out), data=DataConfig(train=str(pipeline["data"]), **(data or {})),
+                            resume="never",
                             optim=OptimConfig(max_steps=4, batch_size=4, **optim))
     model, processor = load_vlm(pipeline["pretrain"] / "checkpoint")
     torch.manual_seed(0)  # the same LoRA initialisation in every run
@@ -203,6 +205,16 @@ def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp
     assert fast.keys() == plain.keys()
     for name, tensor in fast.items():
         torch.testing.assert_close(tensor, plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dataloader_workers_train_the_weights_of_the_main_process(pipeline, shapes, tmp_path):
+    """data.workers=2: images decoded and processed in two dataloader processes give the same batches, so the same
+    adapter, as in the training process (the CPU default, 0)."""
+    pipeline = {**pipeline, "data": shapes / "train.json"}
+    workers = _train(pipeline, tmp_path / "workers", data={"workers": 2})
+    main = _train(pipeline, tmp_path / "main", data={"workers": 0})
+    for name, tensor in workers.items():
+        torch.testing.assert_close(tensor, main[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_sft_vision_feature_cache_reads_every_image_of_later_epochs_and_trains_the_same(pipeline, tmp_path):
