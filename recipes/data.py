@@ -33,6 +33,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.init_from:
         from transformers import AutoProcessor
 
+        from vlmtune import register_auto_classes
+
+        register_auto_classes()  # a `vlmtune` checkpoint's processor
         processor = AutoProcessor.from_pretrained(cfg.init_from)
     else:
         from vlmtune.model.compose import blueprint

@@ -30,12 +30,12 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.data.preferences import read_preference_split, to_preference_dataset
     from vlmtune.errors import ConfigError
     from vlmtune.model.base import load_for_training, training_base
-    from vlmtune.model.checkpoint import load_vlm, save_checkpoint
+    from vlmtune.model.checkpoint import load_vlm
     from vlmtune.processes import is_main_process
     from vlmtune.runs import log, start_run
     from vlmtune.train.dpo import fit_dpo, score_preferences
-    from vlmtune.train.policy import apply_policy, parameter_table, quantization_for
-    from vlmtune.train.sharded import full_weights
+    from vlmtune.train.policy import quantization_for
+    from vlmtune.train.stages import make_trainable, save_trained
 
     run = start_run(cfg, "dpo")
     cfg = run.cfg
@@ -47,8 +47,7 @@ def main(cfg: DictConfig) -> float | None:
     lora = {cfg.policy.vision.mode, cfg.policy.projector.mode, cfg.policy.llm.mode} & {"lora", "qlora"}
     # TRL's reference: the adapter disabled under LoRA (nothing to load), a frozen copy for a full fine-tune.
     ref_model = None if lora else load_vlm(base, what="init_from")[0]
-    model = apply_policy(model, cfg.policy, cfg.peft)
-    log.info("parameters:\n%s", parameter_table(model, cfg.policy, cfg.optim, cfg.peft))
+    model, _ = make_trainable(model, cfg)
 
     report = DataReport()
     pairs = read_preference_split(cfg.data, "train", report)
@@ -57,17 +56,12 @@ def main(cfg: DictConfig) -> float | None:
             preemption=run.preemption, ref_model=ref_model)
 
     init = Path(cfg.init_from).resolve()
-    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
-        if is_main_process():
-            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(init_from=str(init)),
-                            weights)
-            log.info("dpo: checkpoint written to %s", run.dir / "checkpoint")
-    run.wait_for_everyone()
+    checkpoint = save_trained(run, model, processor, "dpo", init_from=str(init))
     metrics = None
     if cfg.evaluate_at_end and cfg.data.test and is_main_process():
         # Score the artifacts as written: the starting checkpoint (DPO's reference) against the trained one.
         held_out = read_preference_split(cfg.data, "test")
-        metrics = score_preferences(init, run.dir / "checkpoint", held_out, cfg.beta, cfg.eval.batch_size)
+        metrics = score_preferences(init, checkpoint, held_out, cfg.beta, cfg.eval.batch_size)
         (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         run.log({"test/margin_before": metrics["before"]["margin"], "test/margin": metrics["after"]["margin"],
                  "test/preference_accuracy": metrics["after"]["accuracy"],

@@ -1,7 +1,11 @@
-"""Merge a LoRA/QLoRA adapter into its full-precision base and write a standard checkpoint.
+"""Write a checkpoint for serving: a LoRA/QLoRA adapter merged into its full-precision base (a full checkpoint is
+rewritten as it is), with everything a serving engine reads.
 
-Run as `vlmtune export checkpoint=<adapter dir> [run_dir=<out>]`. The result is a plain transformers checkpoint
-(`llava` for the MLP projector) with the processor, model card and provenance: no PEFT needed to load it.
+Run as `vlmtune export checkpoint=<dir> [results=<evaluate run>/results.json] [run_dir=<out>]`. The result is a plain
+transformers checkpoint (`llava` for the MLP projector): safetensors weights, config.json, generation_config.json,
+the processor (tokenizer, image processor, chat_template.jinja), a model card (README.md, with the evaluation's
+metrics when `results` is given) and provenance. No PEFT needed to load it. A quantized checkpoint is refused: it
+is served as saved.
 """
 
 import hydra
@@ -15,18 +19,31 @@ setup()
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from vlmtune.errors import CheckpointError
+    import json
+    from pathlib import Path
+
+    from vlmtune.errors import CheckpointError, ConfigError
     from vlmtune.model.checkpoint import is_adapter, load_vlm, save_checkpoint
+    from vlmtune.quant.saved import quant_method
     from vlmtune.runs import log, start_run
 
     run = start_run(cfg, "export")
     source = run.cfg.checkpoint
-    if not is_adapter(source):
-        raise CheckpointError(f"checkpoint={source} is not an adapter directory (no adapter_config.json): nothing to "
-                              "merge; a full checkpoint (also a quantized one) is already loadable as it is")
-    model, processor = load_vlm(source, what="checkpoint")  # merged into the full-precision base
-    out = save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(merged_from=str(source)))
-    log.info("export: merged checkpoint written to %s", out)
+    if (method := quant_method(source)) is not None:
+        raise CheckpointError(f"checkpoint={source} is quantized ({method}): export writes a full-precision serving "
+                              "checkpoint; a quantized variant is servable as saved (chat, predict, serve, "
+                              "from_pretrained), or export the full-precision checkpoint it was quantized from")
+    evaluation = None
+    if run.cfg.results is not None:
+        results = Path(run.cfg.results)
+        if not results.is_file():
+            raise ConfigError(f"results={results} is not a file; give an evaluate run's results.json")
+        evaluation = json.loads(results.read_text())
+    model, processor = load_vlm(source, what="checkpoint")  # an adapter is merged into its full-precision base
+    origin = "merged_from" if is_adapter(source) else "exported_from"
+    provenance = run.provenance(**{origin: str(source)}, evaluation=evaluation)
+    out = save_checkpoint(model, processor, run.dir / "checkpoint", provenance)
+    log.info("export: serving checkpoint written to %s", out)
     run.finish()
 
 

@@ -22,15 +22,14 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.data.streaming import check_streaming
     from vlmtune.data.training import training_data
     from vlmtune.memory import preflight
-    from vlmtune.model.checkpoint import save_checkpoint
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
+    from vlmtune.pictures.run import write_pictures
     from vlmtune.processes import is_main_process
     from vlmtune.runs import log, start_run
     from vlmtune.train.feature_cache import cache_vision_features
-    from vlmtune.train.policy import apply_policy, parameter_table
     from vlmtune.train.sft import fit
-    from vlmtune.train.sharded import full_weights
+    from vlmtune.train.stages import make_trainable, save_trained
 
     run = start_run(cfg, "pretrain")
     cfg = run.cfg
@@ -38,33 +37,28 @@ def main(cfg: DictConfig) -> None:
 
     # The whole model is saved at the end, so nothing needs a base on disk: compose (or load) in memory.
     model, processor = load_hf_vlm(cfg.model) if cfg.model.path else compose(cfg.model)
-    model = apply_policy(model, cfg.policy, cfg.peft)
-    parameters = parameter_table(model, cfg.policy, cfg.optim, cfg.peft)
-    log.info("parameters:\n%s", parameters)
+    model, parameters = make_trainable(model, cfg)
 
     captions = training_data(cfg.data, processor, run.dir)
     preflight(model, processor, cfg, captions.report.lengths)  # memory per device; refuses a run that cannot fit
     if not captions.streamed:  # a stream's report is complete only when training ends
         run.record_data("train", captions.report)
+    facts = None
     if run.tracker is not None:  # git sha, system, data fingerprint (in memory), parameter table: W&B summary
         facts = tracking.log_run_facts(run.tracker, parameters=parameters, records=captions.records,
                                        state=run.state)
     if cfg.vision_feature_cache:  # the tower is frozen: later epochs read its features from disk
         cache = cache_vision_features(model, cfg.vision_feature_cache)
-    fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
-        preemption=run.preemption, callbacks=captions.callbacks)
+    history = fit(model, processor, captions.dataset, cfg, run.dir / "trainer", report_to=run.report_to,
+                  preemption=run.preemption, callbacks=captions.callbacks)
     if captions.streamed:
         run.record_data("train", captions.report)
     if cfg.vision_feature_cache:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
-    with full_weights(model) as weights:  # ZeRO-3 / FSDP2: gathered, written by rank 0
-        if is_main_process():
-            save_checkpoint(model, processor, run.dir / "checkpoint", run.provenance(), weights)
-            log.info("pretrain: checkpoint written to %s", run.dir / "checkpoint")
-            if run.tracker is not None and cfg.logger.log_checkpoint:
-                tracking.log_checkpoint(run.tracker, run.dir / "checkpoint", kind="pretrain", metadata={
-                    k: facts.get(k) for k in ("git/sha", "data/train/fingerprint")})
+    save_trained(run, model, processor, "pretrain", facts)
+    if is_main_process():
+        write_pictures(run.dir, history, "pretrain (projector alignment)", model, processor)  # loss.png, model.png
     run.finish()
 
 

@@ -137,8 +137,11 @@ CASES = {
     "not_a_checkpoint": (["evaluate", "logger=none", "checkpoint={not_a_checkpoint}"], "not_a_checkpoint"),
     "truncated_weights": (["evaluate", "logger=none", "checkpoint={truncated_checkpoint}"], "truncated_checkpoint"),
     "adapter_base_moved": (["evaluate", "logger=none", "checkpoint={moved_adapter}"], "the_base_that_moved"),
-    "quantized_to_export": (["export", "checkpoint={quantized}"], "not an adapter directory"),
+    "quantized_to_export": (["export", "checkpoint={quantized}"], "is quantized (bitsandbytes): export writes"),
     "resume_missing": (_sft("resume={root}/no_such_step", "init_from={pretrain}"), "resume="),
+    "unknown_quantize_variant": (["quantize", "logger=none", "checkpoint={sft}", "variants=[int8,int3]"], "'int3'"),
+    "wrong_image_position": (["chat", "checkpoint={sft}", "question=Hi", "answer.image_position=middle"],
+                             "answer.image_position"),
     # evaluation tasks
     "task_missing_column": (["evaluate", "logger=none", "checkpoint={sft}", "eval/task=vqav2",
                              "eval.task.dataset_path={task_columns}"], "answers"),
@@ -176,6 +179,7 @@ def test_bad_input_is_one_error_line_naming_the_culprit_without_a_traceback(outc
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0, output[-3000:]
     assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output, output[-3000:]
+    assert "Error executing job" not in output, output[-3000:]  # Hydra's line before a job's exception
     assert len(errors) == 1, output[-3000:]
     assert CASES[name][1] in errors[0], errors[0]
 

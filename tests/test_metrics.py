@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from vlmtune.eval import metrics as M
+from vlmtune.eval.metrics import caption
 
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "eval" / "metric_vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text()) if VECTORS_PATH.is_file() else {}
@@ -409,7 +410,7 @@ def test_vlmeval_refusal_and_position_rule() -> None:
 
 
 def test_caption_meteor_left_out_without_java(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "caption_backend_available", lambda: False)
+    monkeypatch.setattr(caption, "caption_backend_available", lambda: False)
     preds = {1: "a dog on a couch", 2: "a red bus"}
     refs = {1: ["a dog sitting on a couch"], 2: ["a red bus on a street", "a bus"]}
     with pytest.warns(UserWarning, match="METEOR"):

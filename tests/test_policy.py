@@ -130,7 +130,7 @@ def test_gradient_checkpointing_per_part_gives_the_same_gradients(tiny):
                               llm=PartPolicy(mode="full", gradient_checkpointing=checkpointing))
         model = apply_policy(model, policy, PeftConfig())
         model.train()
-        assert model.model.language_model.is_gradient_checkpointing == checkpointing
+        assert model.model.language_model.is_activation_checkpointing == checkpointing
         batch = processor.apply_chat_template([conversation], tokenize=True, return_dict=True, return_tensors="pt")
         model(**batch, labels=batch["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})

@@ -136,7 +136,8 @@ def test_mixed_batch_matches_samples_alone(tiny):
 
 
 def test_vlmtune_checkpoint_loads_through_auto_classes(tiny, tmp_path):
-    """A vlmtune-typed checkpoint loads in a fresh process that only does `import vlmtune` + the Auto classes."""
+    """A vlmtune-typed checkpoint loads in a fresh process that only calls `vlmtune.register_auto_classes()` and the
+    Auto classes."""
     cfg = ModelConfig(vision=_vision(tiny, "tiny_clip"), llm=LLMConfig(path=str(tiny / "llm" / "llama")),
                       projector=_projector("pixel_shuffle"))
     model, processor = compose(cfg)
@@ -149,6 +150,7 @@ def test_vlmtune_checkpoint_loads_through_auto_classes(tiny, tmp_path):
     script = f"""
 import torch, vlmtune
 from transformers import AutoModelForImageTextToText, AutoProcessor
+vlmtune.register_auto_classes()
 model = AutoModelForImageTextToText.from_pretrained({str(tmp_path / 'checkpoint')!r}).eval()
 processor = AutoProcessor.from_pretrained({str(tmp_path / 'checkpoint')!r})
 assert type(model).__name__ == "VlmtuneForConditionalGeneration", type(model)

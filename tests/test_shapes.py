@@ -49,7 +49,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) 
 
 def test_rerun_is_a_no_op_and_changed_parameters_regenerate(tmp_path: Path) -> None:
     paths = write_shapes_dataset(tmp_path, seed=0, **SMALL)
-    assert set(paths) == {"train", "test", "captions", "preferences_train", "preferences_test"}
+    assert set(paths) == {"train", "test", "captions", "captions_test", "preferences_train", "preferences_test"}
     assert all(p.exists() for p in paths.values())
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert write_shapes_dataset(tmp_path, seed=0, **SMALL) == paths
@@ -156,7 +156,8 @@ def test_test_split_never_repeats_a_train_pair() -> None:
 
 def test_record_format(tmp_path: Path) -> None:
     paths = write_shapes_dataset(tmp_path, seed=0, **SMALL)
-    for name, n in (("train", SMALL["n_train"]), ("test", SMALL["n_test"]), ("captions", SMALL["n_train"])):
+    for name, n in (("train", SMALL["n_train"]), ("test", SMALL["n_test"]), ("captions", SMALL["n_train"]),
+                    ("captions_test", SMALL["n_test"])):
         records = _load(paths[name])
         assert len(records) == n
         assert len({r["id"] for r in records}) == n
@@ -167,8 +168,9 @@ def test_record_format(tmp_path: Path) -> None:
             assert (human["from"], gpt["from"]) == ("human", "gpt")
             assert human["value"].endswith("\n<image>") and human["value"].count("<image>") == 1
             assert "<image>" not in gpt["value"]
-            if name == "captions":
-                assert record["kind"] == "caption" and record["image"].startswith("images/train_")
+            if name.startswith("captions"):
+                split = "test" if name == "captions_test" else "train"
+                assert record["kind"] == "caption" and record["image"].startswith(f"images/{split}_")
                 assert re.fullmatch(r"a \w+ \w+(, a \w+ \w+)? and a \w+ \w+\.", gpt["value"])
             else:
                 assert record["kind"] in KINDS

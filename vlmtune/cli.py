@@ -17,10 +17,16 @@ RECIPES = {
     "sft": "stage 2: instruction tuning with LoRA / QLoRA / full fine-tuning (TRL SFTTrainer)",
     "dpo": "stage 3: preference tuning on chosen / rejected answers (TRL DPOTrainer, LoRA by default)",
     "evaluate": "batched greedy generation and scoring on the test split, across accelerate processes",
-    "quantize": "bitsandbytes 8-bit and 4-bit against full precision: bytes, load memory, accuracy",
+    "quantize": "bitsandbytes, torchao, quanto, AWQ variants against full precision: size, memory, accuracy, speed",
     "export": "merge a LoRA/QLoRA adapter into its full-precision base: a standard checkpoint",
+    "chat": "talk to a checkpoint in the terminal, the answer streamed (question=... answers once and exits)",
+    "predict": "answers for a folder of images or a data file to a resumable JSONL, across processes",
+    "serve": "a local web page (Gradio, the serve extra): upload an image, ask, switch checkpoints",
     "describe": "print the model sft would train: parts, parameters per part, image tokens, what is trainable",
     "data": "`data inspect`: samples with supervised / masked / image spans; `data check`: validate and report",
+    "contrastive": "CLIP / SigLIP training of a dual encoder on image-caption pairs; saves its vision tower too",
+    "embed": "image and caption embeddings of a data split (Parquet, with ids) from a dual encoder or a VLM",
+    "search": "the nearest images or captions of an `embed` output to a text or an image (FAISS), as a grid",
 }
 
 

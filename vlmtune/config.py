@@ -37,11 +37,14 @@ SelectStrategy = choices("SelectStrategy", "default", "full", "patches")
 ImagePolicy = choices("ImagePolicy", "resize", "pad")
 Dtype = choices("Dtype", "float32", "bfloat16", "float16")
 QuantType = choices("QuantType", "nf4", "fp4")
+ImagePosition = choices("ImagePosition", "before", "after")
 LoggerBackend = choices("LoggerBackend", "wandb", "none")
 LoggerMode = choices("LoggerMode", "online", "offline", "disabled")
 DataAction = choices("DataAction", "inspect", "check")
 Color = choices("Color", "auto", "always", "never")
 Split = choices("Split", "train", "test")
+Negatives = choices("Negatives", "none", "swap")
+Modality = choices("Modality", "image", "text")
 # transformers' SchedulerType values (tests/test_units.py keeps them in step with the installed transformers).
 Scheduler = choices("Scheduler", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
@@ -105,7 +108,7 @@ class DataConfig:
     # Training: stream the data (never held in memory; needs optim.max_steps; see vlmtune/data/streaming.py).
     # Test split: read datasets sources lazily (with max_test_samples, only that many rows are read).
     streaming: bool = False
-    format: str = "auto"  # llava | sharegpt | messages | auto (by each record's keys); see vlmtune/data/formats.py
+    format: str = "auto"  # llava | sharegpt | messages | vqa | auto (by each record's keys); see data/formats.py
     split: str = "train"  # split of `train` when it is a datasets folder or hub id
     test_split: str = "test"  # split of `test` when it is a datasets folder or hub id
     image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
@@ -280,6 +283,24 @@ class EvalTaskConfig:
     metric_list: list[TaskMetricConfig] = field(
         default_factory=lambda: [TaskMetricConfig(metric="exact_match", name="accuracy")])
     limit: int | None = None  # evaluate only the first N docs (before splitting across processes)
+    # How the checkpoint answers: generate_until (a VLM writes answers) | retrieval (a dual encoder ranks the images
+    # and captions of all docs against each other: recall@k both ways, zero-shot classification)
+    output_type: str = "generate_until"
+    # retrieval: a regex whose first group, applied to each doc's target caption, is the doc's class for zero-shot
+    # classification (e.g. "^a (\w+ \w+)": the synthetic captions' leftmost shape); null = no classification
+    class_label: str | None = None
+    class_template: str = "a photo of a {}."  # retrieval: the text each class name is embedded as
+
+
+@dataclass
+class RetrievalAugmentConfig:
+    """Retrieval-augmented VQA: the k nearest captions of a `vlmtune embed` index go into each question's prompt."""
+
+    embeddings: str | None = None  # a `vlmtune embed` run directory (its encoder and caption embeddings); None = off
+    k: int = 3  # captions put into each prompt
+    # what searches the captions: image (the question's image, across modalities) | text
+    query: Modality = Modality["image"]
+    template: str = "Similar pictures: {captions}\n"  # put before the question; {captions} = the captions, spaced
 
 
 @dataclass
@@ -289,6 +310,8 @@ class EvalConfig:
     stop_strings: list[str] = field(default_factory=list)  # cut a prediction at the first of these strings
     likelihood: bool = False  # also report loss / perplexity of the assistant tokens (teacher forcing)
     task: EvalTaskConfig = field(default_factory=EvalTaskConfig)  # what to evaluate on (eval/task=<name>)
+    # Also score every question with retrieved captions in its prompt, reported beside the plain scores.
+    retrieval: RetrievalAugmentConfig = field(default_factory=RetrievalAugmentConfig)
 
 
 @dataclass
@@ -344,6 +367,76 @@ class TrainRecipeConfig(RecipeConfig):
 
 
 @dataclass
+class TextConfig:
+    path: str | None = MISSING  # HF hub id or local directory of a text encoder (BERT-like, a CLIP/SigLIP text tower)
+    max_length: int = 64  # captions are cut to this many tokens
+
+
+@dataclass
+class DualEncoderConfig:
+    """A dual encoder: an existing CLIP / SigLIP checkpoint (`path`), or a vision tower and a text encoder joined by
+    new projection heads (transformers' VisionTextDualEncoderModel)."""
+
+    path: str | None = None  # a CLIP / SigLIP / dual encoder checkpoint to train as it is; None = compose the towers
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the image tower (any model/vision entry's path)
+    text: TextConfig = field(default_factory=TextConfig)  # the text tower (a model/text entry)
+    projection_dim: int = 64  # width of the shared embedding space (composed towers only)
+    dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
+
+
+@dataclass
+class DualPolicyConfig:
+    """What trains in a dual encoder; the projection heads, temperature and bias always train."""
+
+    vision: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # frozen | full | lora
+    text: PartPolicy = field(default_factory=lambda: PartPolicy(mode="full"))  # frozen | full | lora
+
+
+@dataclass
+class ContrastiveRecipeConfig(RecipeConfig):
+    """`vlmtune contrastive`: train a dual encoder on image-caption pairs (each sample's image and its last answer)."""
+
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # the towers
+    data: DataConfig = field(default_factory=DataConfig)  # image-caption pairs (train) and held-out pairs (test)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule; batch_size is per process
+    policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)  # frozen / full / lora per tower
+    peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA settings (r, alpha, dropout) for lora towers
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the retrieval task scored before and after training
+    # clip: InfoNCE both ways with a learned temperature | siglip: a sigmoid per pair, learned temperature and bias
+    loss: str = "clip"
+    # Hard negatives: none | swap: each caption with two of its phrases (or words) swapped is one more wrong caption
+    # for its image (NegCLIP): order and attribute binding, which in-batch negatives rarely test, must be encoded.
+    negatives: Negatives = Negatives["none"]
+    evaluate_at_end: bool = True  # score data.test's pairs (recall@k, zero-shot) before and after training
+    logging_steps: int = 10  # log the training loss every N steps
+    save_steps: int = 0  # write a resumable checkpoint every N steps; 0 = only at the end
+    save_total_limit: int = 2  # keep this many step checkpoints
+    resume: str = "auto"  # auto: continue from the newest complete step checkpoint in run_dir | never | a path
+
+
+@dataclass
+class EmbedRecipeConfig(RecipeConfig):
+    """`vlmtune embed`: image and caption embeddings of a data split, with ids, for search and retrieval."""
+
+    checkpoint: str = MISSING  # a dual encoder (CLIP, SigLIP, a contrastive run) or a VLM (image embeddings only)
+    data: DataConfig = field(default_factory=DataConfig)  # the samples: each one's image and last answer (caption)
+    split: Split = Split["train"]  # which split of `data` to embed: train | test
+    batch_size: int = 64  # images or captions per forward pass
+
+
+@dataclass
+class SearchRecipeConfig(RecipeConfig):
+    """`vlmtune search`: the nearest items of a `vlmtune embed` output to a text or an image."""
+
+    embeddings: str = MISSING  # a `vlmtune embed` run directory
+    text: str | None = None  # the query as text...
+    image: str | None = None  # ...or as an image file
+    target: Modality = Modality["image"]  # what to return: image (the nearest images) | text (the nearest captions)
+    k: int = 5  # how many
+    index: str = "Flat"  # FAISS index factory string: Flat (exact inner product) or e.g. IVF16,Flat (trained)
+
+
+@dataclass
 class EvaluateRecipeConfig(RecipeConfig):
     checkpoint: str = MISSING  # model directory: a full checkpoint or a LoRA adapter directory
     data: DataConfig = field(default_factory=DataConfig)  # the test split is read from data.test
@@ -355,14 +448,67 @@ class QuantizeRecipeConfig(RecipeConfig):
     checkpoint: str = MISSING  # model directory to quantize (a LoRA adapter directory is merged first)
     data: DataConfig = field(default_factory=DataConfig)  # the test split used to measure accuracy
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings
-    bits: list[int] = field(default_factory=lambda: [8, 4])  # bitsandbytes widths to compare with full precision
-    quant_type: QuantType = QuantType["nf4"]  # 4-bit weight type, nf4 | fp4
-    save: bool = True  # also write each quantized model as a checkpoint directory
+    # Variants to compare with full precision (keys of vlmtune.quant.variants.VARIANTS): int8 nf4 fp4 (bitsandbytes),
+    # torchao_int8 torchao_int8_dynamic torchao_int4 (extra torchao), quanto_int8 quanto_int4 (extra quanto),
+    # awq_int4 (extra autoround). Each is saved as <run_dir>/<variant>/ and measured reloaded from there.
+    variants: list[str] = field(default_factory=lambda: ["int8", "nf4"])
+    group_size: int = 128  # int4 weights (torchao_int4, awq_int4): values sharing one scale; must divide the widths
+    calibration_samples: int = 64  # training samples (images + prompts, data.train) that calibrate awq_int4
+    latency_samples: int = 32  # test questions also answered one at a time (batch 1) for latency and tokens/s
 
 
 @dataclass
 class ExportRecipeConfig(RecipeConfig):
-    checkpoint: str = MISSING  # adapter directory to merge into its base
+    checkpoint: str = MISSING  # adapter directory to merge into its base, or a full checkpoint to rewrite
+    results: str | None = None  # an evaluate run's results.json: its metrics go into the model card
+
+
+@dataclass
+class AnswerConfig:
+    """How chat, predict and serve answer: greedy, as evaluate does, so the three give evaluate's answers."""
+
+    max_new_tokens: int = 128  # generation budget per answer (answers end earlier at the model's end token)
+    stop_strings: list[str] = field(default_factory=list)  # cut an answer at the first of these strings
+    # Where an image goes in a question without <image> placeholders: before | after the text. Match the training
+    # data (the demo's shapes questions end with the image: after).
+    image_position: ImagePosition = ImagePosition["before"]
+
+
+@dataclass
+class ChatRecipeConfig(RecipeConfig):
+    """`vlmtune chat`: a terminal conversation with a checkpoint, streamed; `question=` answers once and exits."""
+
+    checkpoint: str = MISSING  # full, adapter (merged on load), quantized (quantize's variants) or HF VLM directory
+    image: str | None = None  # the image the first question is about (/image <path> loads another)
+    question: str | None = None  # answer this one question, print the answer and exit; None = interactive
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
+
+
+@dataclass
+class PredictRecipeConfig(RecipeConfig):
+    """`vlmtune predict`: answers for a folder of images (one question) or a data file, to a resumable JSONL."""
+
+    checkpoint: str = MISSING  # full, adapter (merged on load), quantized (quantize's variants) or HF VLM directory
+    input: str = MISSING  # a folder of images (with `question`), or a .json/.jsonl/.parquet file / datasets folder
+    question: str | None = None  # the question asked about every image of the `input` folder
+    output: str = MISSING  # the answers (JSONL, one per id); a rerun with the same output skips answered ids
+    format: str = "auto"  # records' format in a data file: llava | sharegpt | messages | vqa | auto
+    image_root: str | None = None  # folder that relative image paths start from (default: the data file's folder)
+    on_error: OnError = OnError["raise"]  # a bad record or image: raise (stop, naming file and line) | skip (go on)
+    max_image_pixels: int = 89_478_485  # larger images are refused as decompression bombs
+    batch_size: int = 16  # questions per generation batch on each process
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
+
+
+@dataclass
+class ServeRecipeConfig(RecipeConfig):
+    """`vlmtune serve`: a local web page (Gradio) to upload an image and talk to a checkpoint."""
+
+    checkpoint: str | None = None  # the checkpoint to open first; None = the first one found under `runs`
+    runs: str | None = None  # a run directory: every checkpoint under it is offered in a list to switch between
+    host: str = "127.0.0.1"  # address to listen on (localhost only by default)
+    port: int = 7860  # port to listen on; 0 = any free port
+    answer: AnswerConfig = field(default_factory=AnswerConfig)  # decoding
 
 
 @dataclass
@@ -400,3 +546,9 @@ def register_configs() -> None:
     store.store(name="export_schema", node=ExportRecipeConfig)
     store.store(name="data_tools_schema", node=DataToolsConfig)
     store.store(name="dpo_schema", node=DPORecipeConfig)
+    store.store(name="contrastive_schema", node=ContrastiveRecipeConfig)
+    store.store(name="embed_schema", node=EmbedRecipeConfig)
+    store.store(name="search_schema", node=SearchRecipeConfig)
+    store.store(name="chat_schema", node=ChatRecipeConfig)
+    store.store(name="predict_schema", node=PredictRecipeConfig)
+    store.store(name="serve_schema", node=ServeRecipeConfig)

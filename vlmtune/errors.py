@@ -53,6 +53,14 @@ class MissingDependency(VlmtuneError, ImportError):
         super().__init__(f"{feature} needs the {package} package, which is not installed: {install}")
 
 
+def require(module: str, extra: str, feature: str) -> None:
+    """Raise MissingDependency (naming `extra`) unless `module` can be imported; nothing is imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise MissingDependency(feature, module, extra)
+
+
 class TrainingStopped(VlmtuneError, RuntimeError):
     """Training was stopped by a guard (non-finite loss, a part that cannot learn, a batch with nothing to learn)."""
 
@@ -122,12 +130,38 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
+class _HeldJobLine:
+    """stderr, holding back Hydra's "Error executing job with overrides: [...]" (written just before it re-raises a
+    job's exception): a user error is then one `error:` line; a bug gets the line back above its traceback."""
+
+    PREFIX = "Error executing job with overrides:"
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.held: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.PREFIX):
+            self.held.append(text)
+            return len(text)
+        return self.stream.write(text)
+
+    def release(self) -> None:
+        for text in self.held:
+            self.stream.write(text)
+        self.held.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def run_command(main: Callable[[], Any]) -> Any:
     """Run a command's `main`: a user error prints `error: <message>` (once per launch) and exits 1 with no
     traceback; any other exception keeps its traceback, except a collective that fails because another process
     already stopped with a user error (then this process exits 1 quietly)."""
     # Hydra would print its own abridged traceback and a hint about HYDRA_FULL_ERROR; let errors reach us instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    stderr = sys.stderr = _HeldJobLine(sys.stderr)
     try:
         return main()
     except SystemExit:
@@ -137,12 +171,16 @@ def run_command(main: Callable[[], Any]) -> Any:
         _exit(130)
     except BaseException as error:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            stderr.release()
             raise
         message = _user_message(error)
         if message is None:
             if _another_process_reported():  # e.g. gloo's "connection closed by peer" after a rank's user error
                 _exit(1)
+            stderr.release()
             raise
         if _first_to_report(message):
             print(f"error: {message}", file=sys.stderr)
         _exit(getattr(error, "exit_code", 1))
+    finally:
+        sys.stderr = stderr.stream

@@ -62,6 +62,9 @@ def default_run_dir(runs: str) -> str:
 @cache
 def setup() -> None:
     """Register schemas and resolvers once per process (recipes call this at import)."""
+    from vlmtune.compat import explain_bitsandbytes_kernels_message
+
+    explain_bitsandbytes_kernels_message()  # before a recipe imports peft, which imports bitsandbytes
     register_configs()
     OmegaConf.register_new_resolver("vlmtune_cache", lambda: str(cache_dir()))
     OmegaConf.register_new_resolver("run_stamp", run_stamp)

@@ -40,10 +40,6 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def variant_name(bits: int | None, quant_type: str) -> str:
-    return "fp32" if bits is None else "int8" if bits == 8 else quant_type
-
-
 def quantization_summary(config) -> dict[str, Any] | None:
     """How a loaded model is quantized, read from its config (as saved in config.json); None for full precision.
 

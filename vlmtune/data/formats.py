@@ -13,6 +13,9 @@ part to the projector's token count.
   where parts are `{"type": "text", "text"}` and `{"type": "image"}` (optionally carrying the image itself under
   "image" / "path" / "url", or OpenAI's `{"type": "image_url", "image_url": {"url"}}`); string content may use
   `<image>` placeholders instead.
+- `vqa`: one question per record: `{"id", "image": path | [paths], "question": "...", "answer": "..."}`; the images
+  go before the question unless it holds `<image>` placeholders. `answer` is optional for `vlmtune predict`.
+  `auto` takes a record with `question` and `image` (or `images`) for vqa.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _turns_from_to_messages(turns, where: str) -> list[dict[str, Any]]:
+def turns_to_messages(turns, where: str) -> list[dict[str, Any]]:
     """LLaVA / ShareGPT `{"from", "value"}` turns -> messages."""
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: 'conversations' must be a non-empty list of {{from, value}} turns", "bad_format")
@@ -63,13 +66,13 @@ def _turns_from_to_messages(turns, where: str) -> list[dict[str, Any]]:
 
 @FORMATS.register("llava")
 def from_llava(record: dict[str, Any], where: str) -> dict[str, Any]:
-    return {"messages": _turns_from_to_messages(record.get("conversations"), where),
+    return {"messages": turns_to_messages(record.get("conversations"), where),
             "images": _as_list(record.get("image"))}
 
 
 @FORMATS.register("sharegpt")
 def from_sharegpt(record: dict[str, Any], where: str) -> dict[str, Any]:
-    messages = _turns_from_to_messages(record.get("conversations"), where)
+    messages = turns_to_messages(record.get("conversations"), where)
     if isinstance(record.get("system"), str) and record["system"]:
         messages.insert(0, {"role": "system", "content": text_parts(record["system"])})
     return {"messages": messages, "images": _as_list(record.get("images"))}
@@ -120,25 +123,44 @@ def from_messages(record: dict[str, Any], where: str) -> dict[str, Any]:
     return {"messages": messages, "images": images or inline}
 
 
+@FORMATS.register("vqa")
+def from_vqa(record: dict[str, Any], where: str) -> dict[str, Any]:
+    question, images = record.get("question"), _as_list(record.get("image", record.get("images")))
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: 'question' must be a non-empty string; got {question!r}", "bad_format")
+    parts = text_parts(question)
+    if PLACEHOLDER not in question:
+        parts = [{"type": "image", "text": None} for _ in images] + parts
+    messages = [{"role": "user", "content": parts}]
+    if record.get("answer") is not None:
+        messages.append({"role": "assistant", "content": text_parts(str(record["answer"]))})
+    return {"messages": messages, "images": images}
+
+
 def detect_format(record: dict[str, Any], where: str) -> str:
     """The format of one record by its keys (`data.format=auto`)."""
     if "messages" in record:
         return "messages"
     if "conversations" in record:
         return "sharegpt" if "images" in record or "system" in record else "llava"
+    if "question" in record and ("image" in record or "images" in record):  # without an image: set data.format=vqa
+        return "vqa"
     raise DataError(f"{where}: cannot tell the format of a record with keys {sorted(record)}: expected "
-                    "'conversations' (llava/sharegpt) or 'messages'; rename the columns or set data.format",
+                    "'conversations' (llava/sharegpt), 'messages' or 'question' with 'image' (vqa); rename the "
+                    "columns or set data.format",
                     "bad_format")
 
 
-def _check_turns(messages: list[dict[str, Any]], where: str) -> None:
-    """Optional system first, then user/assistant alternating, starting with user and ending with the assistant."""
+def _check_turns(messages: list[dict[str, Any]], where: str, open_question: bool = False) -> None:
+    """Optional system first, then user/assistant alternating, starting with user and ending with the assistant
+    (or, with `open_question`, with the user's question still to answer)."""
     roles = [m["role"] for m in messages]
     body = roles[1:] if roles[:1] == ["system"] else roles
     expected = ["user", "assistant"] * (len(body) // 2 + 1)
-    if not body or body != expected[: len(body)] or body[-1] != "assistant":
+    if not body or body != expected[: len(body)] or (body[-1] != "assistant" and not open_question):
         raise DataError(f"{where}: roles {roles} are out of order: expected an optional system turn, then user and "
-                        "assistant turns alternating, ending with the assistant's answer", "role_order")
+                        "assistant turns alternating, ending with the assistant's answer"
+                        + (" or the user's question" if open_question else ""), "role_order")
     for message in messages:
         if message["role"] == "assistant" and not any(p["type"] == "text" and p["text"].strip()
                                                       for p in message["content"]):
@@ -149,26 +171,28 @@ def _check_turns(messages: list[dict[str, Any]], where: str) -> None:
                             "placeholder_mismatch")
 
 
-def _resolve(image, image_root: Path):
+def resolve_image(image, image_root: Path):
     """Join a relative path with the image root; leave bytes, PIL images and absolute paths alone."""
     if isinstance(image, str) and not Path(image).is_absolute() and "://" not in image:
         return str(image_root / image)
     return image
 
 
-def to_sample(record: Any, fmt: str, where: str, image_root: Path) -> dict[str, Any]:
-    """One raw record -> a canonical sample, or a DataError naming `where` (file and sample id) and the problem."""
+def to_sample(record: Any, fmt: str, where: str, image_root: Path, open_question: bool = False) -> dict[str, Any]:
+    """One raw record -> a canonical sample, or a DataError naming `where` (file and sample id) and the problem.
+
+    `open_question` also accepts a conversation that ends with the user's question (input for `predict`)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: a sample must be a JSON object, got {type(record).__name__}", "bad_format")
     sample_id = record.get("id", record.get("sample_id"))
     where = f"{where}, sample {sample_id!r}" if sample_id is not None else where
     converted = FORMATS.get(detect_format(record, where) if fmt == "auto" else fmt)(record, where)
-    _check_turns(converted["messages"], where)
+    _check_turns(converted["messages"], where, open_question)
     placeholders = sum(p["type"] == "image" for m in converted["messages"] for p in m["content"])
     if placeholders != len(converted["images"]):
         raise DataError(f"{where}: {placeholders} {PLACEHOLDER} placeholder(s) but {len(converted['images'])} "
                         "image(s): every image needs exactly one placeholder where it goes", "placeholder_mismatch")
-    images = [_resolve(image, image_root) for image in converted["images"]]
+    images = [resolve_image(image, image_root) for image in converted["images"]]
     for image in images:
         if isinstance(image, str) and "://" in image:
             raise DataError(f"{where}: image {image} is a URL; download images first (vlmtune never fetches "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmtune.data.images import load_image
-from vlmtune.data.lengths import _with_images
+from vlmtune.data.lengths import with_images
 
 COLORS = {"supervised": "\033[32m", "masked": "\033[90m", "image": "\033[35m"}
 RESET = "\033[0m"
@@ -18,7 +18,7 @@ RESET = "\033[0m"
 def token_spans(sample: dict[str, Any], processor) -> list[tuple[str, list[int]]]:
     """[(kind, token ids)] runs of image / supervised / masked tokens, as the processor renders the sample."""
     images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
-    out = processor.apply_chat_template([_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+    out = processor.apply_chat_template([with_images(sample["messages"], images)], tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     spans: list[tuple[str, list[int]]] = []

@@ -9,12 +9,14 @@ counted in the report, so nothing is ever cut inside an image block.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from vlmtune.data.errors import DataError, DataReport
 from vlmtune.data.images import load_image
+from vlmtune.progress import progress, track
 
 MEASURE_VERSION = 1  # bump when `measure` changes, so cached lengths are recomputed
 
@@ -35,7 +37,7 @@ def measure(sample: dict[str, Any], processor, per_image: int | None) -> tuple[i
     if per_image is None:  # image-dependent expansion: run the processor itself on the decoded images
         images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
         out = processor.apply_chat_template(
-            [_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+            [with_images(sample["messages"], images)], tokenize=True, return_dict=True,
             return_assistant_tokens_mask=True,
         )
         return len(out["input_ids"][0]), int(sum(out["assistant_masks"][0]))
@@ -47,7 +49,7 @@ def measure(sample: dict[str, Any], processor, per_image: int | None) -> tuple[i
     return len(out["input_ids"]) + len(sample["images"]) * (per_image - 1), int(sum(out["assistant_masks"]))
 
 
-def _with_images(messages: list[dict], images: list) -> list[dict]:
+def with_images(messages: list[dict], images: list) -> list[dict]:
     """Messages whose image parts carry the decoded images, as processors' apply_chat_template expects."""
     remaining = iter(images)
     return [{**m, "content": [{"type": "image", "image": next(remaining)} if p["type"] == "image" else p
@@ -74,7 +76,7 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
     reads the lengths back instead of tokenizing again.
     """
     if cache_dir is None:
-        return [measure(sample, processor, per_image) for sample in samples]
+        return [measure(sample, processor, per_image) for sample in track(samples, "measuring samples", "samples")]
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
@@ -85,12 +87,18 @@ def measure_all(samples: list[dict[str, Any]], processor, per_image: int | None,
                        type(processor).__name__, MEASURE_VERSION])
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
-    def measure_row(row: dict[str, Any]) -> dict[str, int]:
-        length, supervised = measure(samples[row["index"]], processor, per_image)
-        return {"length": length, "supervised": supervised}
+    cache_file = Path(cache_dir) / f"lengths-{key}.arrow"
+    # Progress only when measuring: lengths read back from the cache take no time worth watching.
+    cached = cache_file.exists()
+    with contextlib.nullcontext() if cached else progress(len(samples), "measuring samples", "samples") as bar:
 
-    measured = table.map(measure_row, remove_columns=["sample"], new_fingerprint=key,
-                         cache_file_name=str(Path(cache_dir) / f"lengths-{key}.arrow"), load_from_cache_file=True)
+        def measure_row(row: dict[str, Any]) -> dict[str, int]:
+            length, supervised = measure(samples[row["index"]], processor, per_image)
+            bar.update(1)
+            return {"length": length, "supervised": supervised}
+
+        measured = table.map(measure_row, remove_columns=["sample"], new_fingerprint=key,
+                             cache_file_name=str(cache_file), load_from_cache_file=True)
     return list(zip(measured["length"], measured["supervised"], strict=True))
 
 

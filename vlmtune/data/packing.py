@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlmtune.data.lengths import _with_images
+from vlmtune.data.lengths import with_images
 from vlmtune.errors import ConfigError
 
 # Model types that train on a packed row: plain 1-D positions (Llava, vlmtune, Idefics3's Llama) or Qwen2-VL's 3-D
@@ -35,7 +35,7 @@ class PackedCollator:
         self.rope_index = rope_index  # Qwen2-VL: the model's get_rope_index (3-D positions of one sample)
 
     def _encode(self, example: dict[str, Any]) -> dict[str, torch.Tensor]:
-        messages = _with_images(example["messages"], example["images"])
+        messages = with_images(example["messages"], example["images"])
         out = self.processor.apply_chat_template([messages], tokenize=True, return_dict=True, return_tensors="pt",
                                                  return_assistant_tokens_mask=True)
         ids = out["input_ids"][0]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.data.errors import DataError, DataReport
-from vlmtune.data.formats import PLACEHOLDER, _resolve, _turns_from_to_messages, from_messages
+from vlmtune.data.formats import PLACEHOLDER, from_messages, resolve_image, turns_to_messages
 from vlmtune.data.images import MAX_PIXELS, load_image
 from vlmtune.data.records import read_samples
 from vlmtune.errors import ConfigError
@@ -43,7 +43,7 @@ def _messages(value: Any, where: str, what: str) -> list[dict[str, Any]]:
         raise DataError(f"{where}: '{what}' must be a string or a non-empty list of turns; got {value!r}",
                         "bad_format")
     if "from" in value[0]:
-        return _turns_from_to_messages(value, f"{where} ('{what}')")
+        return turns_to_messages(value, f"{where} ('{what}')")
     return from_messages({"messages": value}, f"{where} ('{what}')")["messages"]
 
 
@@ -92,7 +92,7 @@ def to_preference(record: Any, where: str, image_root: Path) -> dict[str, Any]:
     if placeholders != len(images):
         raise DataError(f"{where}: {placeholders} {PLACEHOLDER} placeholder(s) in the prompt but {len(images)} "
                         "image(s): every image needs exactly one placeholder where it goes", "placeholder_mismatch")
-    images = [_resolve(image, image_root) for image in images]
+    images = [resolve_image(image, image_root) for image in images]
     for image in images:
         if isinstance(image, str) and "://" in image:
             raise DataError(f"{where}: image {image} is a URL; download images first (vlmtune never fetches data "

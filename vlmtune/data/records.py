@@ -198,8 +198,11 @@ def to_dataset(records: list[dict]):
     return dataset.with_transform(_decode_images)
 
 
-def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
-    """(prompt messages, target text): the last assistant turn is what evaluation compares against."""
+def split_prompt(messages: list[dict]) -> tuple[list[dict], str | None]:
+    """(prompt messages, target text): the last assistant turn is what evaluation compares against. A
+    conversation that ends with the user's question (`predict` input) is all prompt, with no target."""
+    if messages[-1]["role"] != "assistant":
+        return messages, None
     target = "".join(p["text"] or "" for p in messages[-1]["content"] if p["type"] == "text")
     return messages[:-1], target
 

@@ -9,7 +9,8 @@ model must read the image and relate its parts; a blind (text-only) model can re
 - ``left_or_right``   "Is the circle left or right of the square?" -> "left" / "right"
 - ``shape_at_side``   "What shape is on the left?"                -> "circle"
 
-`write_shapes_dataset` writes the images plus LLaVA-style JSON (``train.json``, ``test.json``, ``captions.json``) and
+`write_shapes_dataset` writes the images plus LLaVA-style JSON (``train.json``, ``test.json``, ``captions.json``, and
+``captions_test.json``: the test images' captions, held-out pairs for contrastive training and retrieval) and
 preference pairs for DPO (``preferences_train.json``, ``preferences_test.json``: each question of the train / test split
 with ``chosen`` = its answer and ``rejected`` = a plausible wrong answer of the same kind, see `wrong_answer`; the
 format is described in vlmtune/data/preferences.py). Test questions never repeat a train (scene, question) pair, so
@@ -33,7 +34,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-SHAPES_VERSION = 3  # bump whenever the generated data changes, so cached datasets are rewritten
+SHAPES_VERSION = 4  # bump whenever the generated data changes, so cached datasets are rewritten
 
 SHAPES = ("circle", "square", "triangle")
 # Distinct, saturated colours; all far from the background in RGB, yellow included (blue channel).
@@ -325,14 +326,14 @@ def write_shapes_dataset(
     jitter: bool = False,
 ) -> dict[str, Path]:
     """Write the dataset under `out_dir` and return the paths of its JSON files (``train``, ``test``, ``captions``,
-    ``preferences_train``, ``preferences_test``).
+    ``captions_test``, ``preferences_train``, ``preferences_test``).
 
     ``meta.json`` is written last and marks a complete dataset: when it matches the parameters nothing is done;
     otherwise the dataset is regenerated from scratch (stale images of a larger earlier run are removed).
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.json"
-             for name in ("train", "test", "captions", "preferences_train", "preferences_test")}
+             for name in ("train", "test", "captions", "captions_test", "preferences_train", "preferences_test")}
     meta = {"version": SHAPES_VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "image_size": image_size,
             "jitter": jitter}
     meta_path = out_dir / "meta.json"
@@ -362,6 +363,12 @@ def write_shapes_dataset(
             f"caption-{i:05d}", f"images/train_{i:05d}.png", rng.choice(CAPTION_PROMPTS), caption(s.scene), "caption"
         )
         for i, s in enumerate(samples["train"])
+    ]
+    rng = random.Random(f"vlmtune-shapes:{seed}:captions:test")
+    records["captions_test"] = [
+        _record(f"caption-test-{i:05d}", f"images/test_{i:05d}.png", rng.choice(CAPTION_PROMPTS), caption(s.scene),
+                "caption")
+        for i, s in enumerate(samples["test"])
     ]
     # Wrong answers come from their own stream per split, so the preference pairs never shift the VQA samples.
     for split, split_samples in samples.items():

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from vlmtune.data.images import load_image
-from vlmtune.data.lengths import _with_images
+from vlmtune.data.lengths import with_images
+from vlmtune.progress import track
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def next_token_log_probs(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.
 def sample_nll(model, processor, sample: dict[str, Any]) -> tuple[float, int]:
     """(summed NLL of the assistant tokens, number of them) for one sample."""
     images = [load_image(image, f"sample {sample['id']!r}") for image in sample["images"]]
-    out = processor.apply_chat_template([_with_images(sample["messages"], images)], tokenize=True, return_dict=True,
+    out = processor.apply_chat_template([with_images(sample["messages"], images)], tokenize=True, return_dict=True,
                                         return_tensors="pt", return_assistant_tokens_mask=True)
     device = next(model.parameters()).device
     mask = torch.as_tensor(out.pop("assistant_masks")).bool().to(device)
@@ -48,7 +49,8 @@ def likelihood(model, processor, samples: Sequence[dict[str, Any]], state=None) 
     model.eval()
 
     def local(shard):
-        return [{"id": s["id"], "nll": nll, "tokens": n} for s in shard for nll, n in [sample_nll(model, processor, s)]]
+        return [{"id": s["id"], "nll": nll, "tokens": n} for s in track(shard, "likelihood", "samples", leave=None)
+                for nll, n in [sample_nll(model, processor, s)]]
 
     if state is None or state.num_processes == 1:
         rows = local(samples)

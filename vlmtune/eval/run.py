@@ -99,11 +99,23 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
     from vlmtune.runs import is_main_process, log
 
     cfg = run.cfg
+    if cfg.eval.task.output_type == "retrieval":  # a dual encoder ranks images and captions: nothing to generate
+        return _evaluate_retrieval(run, checkpoint)
+    if cfg.eval.task.output_type != "generate_until":
+        raise ConfigError(f"eval.task.output_type={cfg.eval.task.output_type!r}: expected generate_until or retrieval")
     # Loaded straight onto this process's device (each rank its own GPU; "cpu" for all ranks on a CPU machine): that
     # is how transformers places a bitsandbytes int8 / nf4 checkpoint (device_map), rather than moving it afterwards.
     model, processor = load_vlm(checkpoint, device=run.state.device, what="checkpoint")
     records = eval_records(cfg.eval, cfg.data, run.dir)
     rows, metrics = evaluate_model(model, processor, records, cfg.eval, run.state)
+    augmented_rows = None
+    if cfg.eval.retrieval.embeddings:  # the same questions again, with retrieved captions in the prompt
+        from vlmtune.retrieval.rag import augmented, retrieved_captions
+
+        found = retrieved_captions(records, cfg.eval.retrieval, cfg.eval.batch_size)
+        augmented_rows, plus = evaluate_model(model, processor, augmented(records, found, cfg.eval.retrieval.template),
+                                              cfg.eval, run.state)
+        metrics |= {f"retrieval_augmented/{k}": v for k, v in plus.items() if k != "n"}
     if cfg.eval.likelihood:
         from vlmtune.eval.likelihood import likelihood
 
@@ -115,9 +127,37 @@ def evaluate_checkpoint(run, checkpoint: str | Path) -> dict[str, Any]:
                    "blank_images": cfg.data.blank_images, "num_processes": run.state.num_processes,
                    "generation": generation_settings(cfg.eval), "quantization": quantization_summary(model.config)}
         write_results(run.dir, rows, metrics, context)
+        if augmented_rows is not None:
+            _replace_text(run.dir / "predictions_retrieval_augmented.jsonl",
+                          "".join(json.dumps(row) + "\n" for row in augmented_rows))
         log.info("evaluation of %s on task %s, %d samples:\n%s", checkpoint, cfg.eval.task.task, len(rows),
                  format_metrics(metrics))
         run.log({f"eval/{k}": v for k, v in metrics.items()})
         if run.tracker is not None:
             run.log({"eval/samples": tracking.samples_table(rows, cfg.logger.log_samples)})
+    return metrics
+
+
+def _evaluate_retrieval(run, checkpoint: str | Path) -> dict[str, Any]:
+    """A retrieval task (output_type: retrieval): the dual encoder's recall@k both ways and zero-shot accuracy."""
+    from vlmtune.eval.retrieval import retrieval_rows
+    from vlmtune.retrieval.encoder import load_encoder
+    from vlmtune.runs import is_main_process, log
+
+    cfg = run.cfg
+    encoder = load_encoder(checkpoint)
+    if not encoder.has_text:
+        raise ConfigError(f"eval.task.output_type=retrieval needs a dual encoder, but checkpoint={checkpoint} is a VLM")
+    records = eval_records(cfg.eval, cfg.data, run.dir)
+    rows = retrieval_rows(encoder, records, cfg.eval.task, run.state, cfg.eval.batch_size)
+    metrics = score_rows(cfg.eval.task, rows)
+    if is_main_process():
+        from vlmtune.eval.tasks import task_context
+
+        context = {"checkpoint": str(checkpoint), **task_context(cfg.eval.task, cfg.data),
+                   "num_processes": run.state.num_processes}
+        write_results(run.dir, rows, metrics, context)
+        log.info("retrieval evaluation of %s on task %s, %d docs:\n%s", checkpoint, cfg.eval.task.task, len(rows),
+                 format_metrics(metrics))
+        run.log({f"eval/{k}": v for k, v in metrics.items()})
     return metrics

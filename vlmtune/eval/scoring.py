@@ -103,6 +103,12 @@ def pope_accuracy(pred: str, row: Row, mode: str = "official") -> float:
     return float(m.pope_label(pred, mode) == row["target"].strip().lower())
 
 
+@_per_sample("image_to_text_hit")
+def image_to_text_hit(pred: str, row: Row, ks: Sequence[int] = (1,), **_: Any) -> float:
+    """Retrieval tasks: whether the doc's image ranks one of its captions within the first `ks[0]`."""
+    return float(row["image_to_text_rank"] < ks[0])
+
+
 def _captions(rows: Sequence[Row]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return {r["id"]: r["prediction"] for r in rows}, {r["id"]: _answers(r) for r in rows}
 
@@ -199,6 +205,20 @@ def mmmu(name: str, values: Sequence[float], rows: Sequence[Row], **_: Any) -> d
             out[f"{name}/{discipline}"] = _mean(pooled)
     out |= {f"{name}/{s}": _mean(v) for s, v in sorted(subjects.items())}
     out["n_unparsed"] = sum(bool(r["choices"]) and mmmu_letter(r["prediction"], r) is None for r in rows)
+    return out
+
+
+@AGGREGATIONS.register("retrieval")
+def retrieval(name: str, values: Sequence[float], rows: Sequence[Row], ks: Sequence[int] = (1, 5, 10),
+              **_: Any) -> dict[str, float]:
+    """Recall@k image->text (over images) and text->image (over distinct captions), and zero-shot classification
+    accuracy when the rows carry classes (vlmtune.eval.retrieval)."""
+    text_ranks = [rank for row in rows for rank in row["text_to_image_ranks"]]
+    out = {f"image_to_text/recall@{k}": _mean([float(r["image_to_text_rank"] < k) for r in rows]) for k in ks}
+    out |= {f"text_to_image/recall@{k}": _mean([float(rank < k) for rank in text_ranks]) for k in ks}
+    if rows and "label" in rows[0]:
+        out["zero_shot/accuracy"] = _mean([float(r["zero_shot_prediction"] == r["label"]) for r in rows])
+        out["zero_shot/classes"] = len({r["label"] for r in rows})
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vlmtune.errors import CheckpointError
+from vlmtune.errors import CheckpointError, require
 
 PROVENANCE = "vlmtune.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -96,9 +96,24 @@ def _model_card(model, provenance: dict[str, Any]) -> str:
         + (" (a PEFT adapter: `PeftModel.from_pretrained` on its base)." if hasattr(model, "peft_config") else "."),
     ]
     if config.model_type == "vlmtune":
-        lines.append("Run `import vlmtune` first: it registers the `vlmtune` model type with the Auto classes "
-                     "(`pip install vlmtune`; no `trust_remote_code`).")
-    return "\n".join(lines) + "\n"
+        lines.append("Run `import vlmtune; vlmtune.register_auto_classes()` first: it registers the `vlmtune` model "
+                     "type with the Auto classes (`pip install vlmtune`; no `trust_remote_code`).")
+    return "\n".join(lines + _evaluation_lines(provenance.get("evaluation"))) + "\n"
+
+
+def _evaluation_lines(results: dict[str, Any] | None) -> list[str]:
+    """The card's evaluation section from an evaluate run's results.json (export results=...)."""
+    if not results:
+        return []
+    generation = results.get("generation", {})
+    lines = ["", "## Evaluation", "",
+             f"Task `{results.get('task', 'n/a')}`, checkpoint evaluated: `{results.get('checkpoint')}`, greedy "
+             f"decoding (max_new_tokens {generation.get('max_new_tokens')}), {results.get('num_processes')} "
+             f"process(es), quantization: {results.get('quantization') or 'none'}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in results.get("metrics", {}).items()]
+    return lines
 
 
 def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any],
@@ -106,20 +121,25 @@ def save_checkpoint(model, processor, out_dir: Path, provenance: dict[str, Any],
     """Write model (or adapter), processor, model card and provenance to `out_dir` atomically. `state_dict`: the
     weights to write instead of the model's own (gathered from FSDP2 shards: vlmtune.train.sharded)."""
 
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        write_card_and_provenance(model, tmp, provenance)
+
+    return write_atomically(Path(out_dir), write)
+
+
+def write_card_and_provenance(model, out_dir: Path, provenance: dict[str, Any]) -> None:
+    """The model card (README.md) and vlmtune.json (config, quantization, git sha, library versions) of a
+    checkpoint."""
     from vlmtune.quantize import quantization_summary
 
     # An adapter records how its base was loaded while it trained (QLoRA: the LLM in 4-bit).
     config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        processor.save_pretrained(tmp)
-        full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
-                "versions": library_versions()}
-        (tmp / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
-        (tmp / "README.md").write_text(_model_card(model, full))
-
-    return write_atomically(Path(out_dir), write)
+    full = {**provenance, "quantization": quantization_summary(config), "git_sha": git_sha(),
+            "versions": library_versions()}
+    (out_dir / PROVENANCE).write_text(json.dumps(full, indent=2, default=str))
+    (out_dir / "README.md").write_text(_model_card(model, full))
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -159,8 +179,10 @@ def load_vlm(
     `device` places the model: a full checkpoint is loaded straight onto it (bitsandbytes weights are quantized
     for, and stay on, the device they were loaded to), a merged adapter is moved there.
     """
+    from vlmtune import register_auto_classes
     from vlmtune.compat import allow_missing_video_processor
 
+    register_auto_classes()  # `vlmtune` checkpoints load through the Auto classes too
     allow_missing_video_processor()  # Qwen2-VL's processor without torchvision
     if _looks_local(path):
         _require_dir(path, what)
@@ -183,6 +205,8 @@ def _unreadable_as_checkpoint_error(path, what: str):
 def _load(path, dtype, quantization_config, device, what: str):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from vlmtune.quant.saved import backend_of, quant_method
+
     processor = AutoProcessor.from_pretrained(path)
     if is_adapter(path):
         from peft import PeftModel
@@ -197,7 +221,15 @@ def _load(path, dtype, quantization_config, device, what: str):
         model = model.merge_and_unload(adapter_names=list(model.peft_config))
         if device is not None:
             model.to(device)
+    elif quant_method(path) == "quanto":  # quanto's own serialization (transformers cannot save a quanto model)
+        from vlmtune.quant.saved import load_quanto
+
+        model = load_quanto(Path(path), dtype)
+        if device is not None:
+            model.to(device)
     else:
+        if (backend := backend_of(path)) is not None:  # torchao / auto-round weights need their package
+            require(*backend, f"the quantized checkpoint {path}")
         kwargs = {} if device is None else {"device_map": {"": device}}
         # Only pass a quantization_config that is set: an explicit None makes transformers drop the one saved in
         # config.json, and int8 / nf4 weights then load as plain floats without their scales (garbage outputs).

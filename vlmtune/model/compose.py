@@ -2,7 +2,8 @@
 
 With the `mlp2x_gelu` projector the result *is* a transformers `LlavaForConditionalGeneration` with a
 `LlavaProcessor`: plain transformers, TRL, PEFT and vLLM load the saved checkpoint without importing vlmtune. Other
-projectors give the `vlmtune` model type (modeling.py), which `import vlmtune` registers with the Auto classes.
+projectors give the `vlmtune` model type (modeling.py), which `vlmtune.register_auto_classes()` registers with the
+Auto classes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 IMAGE_TOKEN = "<image>"
 
 
-def load_vision_tower(path: str, dtype: torch.dtype):
+def load_vision_tower(path: str, dtype: torch.dtype, **kwargs):
     """Load only the vision half of a checkpoint: a CLIP/SigLIP checkpoint holds a text tower we do not want."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -31,7 +32,7 @@ def load_vision_tower(path: str, dtype: torch.dtype):
     config = AutoConfig.from_pretrained(path)
     vision_config = getattr(config, "vision_config", config)
     model_class = MODEL_MAPPING[type(vision_config)]
-    return model_class.from_pretrained(path, dtype=dtype)
+    return model_class.from_pretrained(path, dtype=dtype, **kwargs)
 
 
 def _vision_on_meta(path: str, dtype: torch.dtype):

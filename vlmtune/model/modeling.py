@@ -3,7 +3,7 @@
 It is a subclass, not a fork: the vision tower, the language model, the vectorized masked-scatter merge of image
 features, generation and every PEFT/TRL integration are transformers' Llava code. Only two things change: the
 projector (any entry of PROJECTORS) and the feature selection before it (patch-only tokens, CNN feature maps).
-`import vlmtune` registers these classes with the transformers Auto classes (see vlmtune/autoregister.py), so
+`vlmtune.register_auto_classes()` registers these classes with the transformers Auto classes, so
 `AutoModelForImageTextToText.from_pretrained` loads a vlmtune checkpoint without `trust_remote_code`.
 """
 

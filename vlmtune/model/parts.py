@@ -76,6 +76,9 @@ def model_type_at(path: str | Path) -> str:
 
     from transformers import AutoConfig
 
+    from vlmtune import register_auto_classes
+
+    register_auto_classes()  # a `vlmtune` checkpoint's config
     adapter = Path(str(path)) / "adapter_config.json"
     if adapter.exists():
         path = json.loads(adapter.read_text())["base_model_name_or_path"]

@@ -23,7 +23,7 @@ import torch
 from vlmtune.config import OptimConfig, PartPolicy, PeftConfig, PolicyConfig
 from vlmtune.errors import PolicyError
 from vlmtune.model.parts import PART_NAMES, parts_of
-from vlmtune.model.parts import part_of as _part_of
+from vlmtune.model.parts import part_of as part_at_path
 from vlmtune.train.reach import unused_vision_parameters
 
 log = logging.getLogger("vlmtune")
@@ -34,7 +34,7 @@ VISION_PLACEHOLDER = "{vision}"  # in peft.vision_target
 
 def part_of(name: str, parts: dict[str, str] | None = None) -> str:
     """Which part a parameter name belongs to (PEFT prefixes names with base_model.model.); Llava layout default."""
-    return _part_of(name, parts or parts_of("llava"))
+    return part_at_path(name, parts or parts_of("llava"))
 
 
 def _modes(policy: PolicyConfig) -> dict[str, str]:
@@ -273,7 +273,8 @@ def _gradient_checkpointing(model, policy: PolicyConfig, parts: dict[str, str]) 
             if not getattr(module, "supports_gradient_checkpointing", False):
                 raise PolicyError(f"policy.{part}.gradient_checkpointing=true: {type(module).__name__} does not "
                                   "support gradient checkpointing")
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5's name; `gradient_checkpointing_enable` is its deprecated alias (FutureWarning)
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def param_groups(model, policy: PolicyConfig, optim: OptimConfig, decay_names: set[str]) -> list[dict]:

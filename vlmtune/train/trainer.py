@@ -22,6 +22,7 @@ import torch
 
 from vlmtune.config import TrainRecipeConfig
 from vlmtune.errors import ConfigError
+from vlmtune.progress import watch_training
 from vlmtune.train.checkpoints import MarkComplete, latest_complete_checkpoint, load_full_weights, resume_point
 from vlmtune.train.guards import NonFiniteLossGuard, UntrainedPartGuard
 from vlmtune.train.preemption import Preempted, Preemption
@@ -103,7 +104,9 @@ def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) ->
         dataloader_persistent_workers=dataloader_workers(cfg.data) > 0,  # not re-forked every epoch
         use_liger_kernel=use_liger(optim.liger_kernel),
         torch_compile=optim.torch_compile,
-        disable_tqdm=True,  # the loss lines from `logging_steps` say more in logs and CI than a bar
+        # vlmtune.progress.watch_training reports instead: a bar with the running loss on a terminal, loss lines
+        # in logs and CI.
+        disable_tqdm=True,
         remove_unused_columns=False,
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
@@ -127,6 +130,7 @@ def trainer_class(trl_trainer: type) -> type:
             self.preemption = preemption or Preemption()
             self.loss_guard = NonFiniteLossGuard()
             super().__init__(*args, callbacks=list(callbacks or []), **kwargs)
+            watch_training(self)
             # The loss guard last: it vetoes a save that an earlier callback (preemption) asked for.
             untrained = UntrainedPartGuard(deepspeed=self.is_deepspeed_enabled)  # where the gradients are
             for callback in (self.preemption, untrained, self.loss_guard,

@@ -2,7 +2,7 @@
 
 `model=hf_vlm model.path=<dir>` fine-tunes an existing VLM through `AutoModelForImageTextToText` + `AutoProcessor`;
 these directories let the tests exercise that path offline, per architecture. Each holds the model, its processor,
-a byte-level BPE tokenizer trained offline (the approach of vlmtune/tiny.py) with the special tokens that
+a tokenizer from the same BPE trainer as the tiny LLMs' (vlmtune.tiny.tokenizer) with the special tokens that
 architecture's processor needs, and the chat template the real checkpoints ship (which has no `{% generation %}`
 marks, except llava-hf's, and no end-of-turn token after the answer there): vlmtune writes its own template with
 generation marks at load time (`model.template`), exactly as it does for the real checkpoints.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune.tiny import _corpus
+from vlmtune.tiny.parts import IMAGE_SIZE, PATCH_SIZE
+from vlmtune.tiny.tokenizer import train_tokenizer
 
-IMAGE_SIZE = 48  # the shapes data's size: 3x3 cells of 16 px
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=1024)
 
@@ -60,24 +60,12 @@ TOKENS = {
 ARCHITECTURES = tuple(TOKENS)
 
 
-def _tokenizer(arch: str, vocab_size: int = 600):
-    """An offline byte-level BPE tokenizer with `arch`'s special tokens; llava's adds <s> like Llama's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
+def _tokenizer(arch: str):
+    """`arch`'s tokenizer; llava's prepends <s> like Llama's does."""
     bos, eos, pad, others = TOKENS[arch]
-    specials = [t for t in [bos, eos, pad] if t] + others
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([*_corpus(), "USER: ASSISTANT: User: Assistant:"], trainer=trainer)
-    if arch == "llava":  # Llama tokenizers prepend <s>: the templates must not add a second one
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   additional_special_tokens=others, model_max_length=1024)
+    return train_tokenizer([t for t in [bos, eos, pad] if t] + others, bos=bos, eos=eos, pad=pad,
+                           prepend_bos=arch == "llava", extra_text=("USER: ASSISTANT: User: Assistant:",),
+                           model_max_length=1024)
 
 
 def _ids(tokenizer) -> dict:
@@ -96,14 +84,14 @@ def _llava(tokenizer):
     )
 
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              projection_dim=32, image_size=IMAGE_SIZE, patch_size=16)
+                              projection_dim=32, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     config = LlavaConfig(vision_config=vision, text_config=LlamaConfig(**TEXT, **_ids(tokenizer)),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=9,
                          vision_feature_select_strategy="default", vision_feature_layer=-2,
                          projector_hidden_act="gelu")
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=16,
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=NATIVE_TEMPLATES["llava"])
     return LlavaForConditionalGeneration(config), processor
@@ -177,9 +165,3 @@ def write_tiny_vlm(arch: str, out_dir: Path, seed: int = 3) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-
-
-def tiny_vlm_writers(cache_dir: Path) -> dict[str, tuple[Path, object]]:
-    """{part name: (directory, writer)} for `vlmtune.tiny.write_tiny_parts`."""
-    return {f"vlm/{arch}": (Path(cache_dir) / "vlm" / arch, lambda d, a=arch: write_tiny_vlm(a, d))
-            for arch in ARCHITECTURES}

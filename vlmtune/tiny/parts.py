@@ -1,22 +1,11 @@
-"""Tiny random-initialised "pretrained" parts, written as ordinary Hugging Face directories.
+"""Tiny random-initialised vision encoders and LLMs, the parts `vlmtune.model.compose` assembles into a VLM.
 
-Tests and the demo load these through the same `from_pretrained` code that loads real hub checkpoints; only the
-conf entry's `path` differs. Everything here is deterministic and offline.
+All of them see the shapes data's image size: IMAGE_SIZE px, cut into PATCH_SIZE px patches (one per grid cell).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-
-TINY_VERSION = 5  # bump when the tiny parts change, so stale caches are rewritten
-
-# Special tokens of the tiny tokenizer: chatml turn markers (they match the chatml template), padding, end of text and
-# the image placeholder that processors expand.
-SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<|im_start|>", "<|im_end|>", "<image>"]
 
 VISION = {
     "siglip": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4),
@@ -68,50 +57,6 @@ def sincos_2d(grid: int, dim: int, extra_tokens: int = 0):
     return torch.cat([torch.zeros(extra_tokens, dim), table], dim=0)
 
 
-def _corpus() -> list[str]:
-    """Text the tiny tokenizer is trained on: the synthetic data's words plus common chat words."""
-    colors = ["red", "green", "blue", "yellow", "purple", "white", "black", "orange"]
-    shapes = ["circle", "square", "triangle", "shape", "shapes"]
-    lines = [
-        f"What color is the {s}? How many {c} shapes are there? Is the {s} left or right of the {t}?"
-        for s in shapes for t in shapes for c in colors
-    ]
-    lines += [f"a {c} {s}, a {d} {t} and a {c} {t}." for c in colors for d in colors for s in shapes for t in shapes]
-    lines += ["What shape is on the left? What shape is on the right? Describe the image. " * 2]
-    lines += ["0 1 2 3 4 5 6 7 8 9 10 yes no left right the a an is are there of in on image picture photo"]
-    lines += ["You are a helpful assistant. Answer with a single word. user assistant system"]
-    # Words alone on a line too: an answer starts right after "assistant\n", without a leading space, and should be
-    # one token rather than fragments.
-    lines += [*colors, *shapes, "left", "right", "yes", "no", *map(str, range(11))]
-    return lines
-
-
-def write_tokenizer(out_dir: Path, vocab_size: int = 600) -> None:
-    """Train a byte-level BPE tokenizer offline and save it as a `PreTrainedTokenizerFast` with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.templates import CHATML
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        bos_token=None,
-        additional_special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"],
-        chat_template=CHATML,
-        model_max_length=512,
-    )
-    fast.save_pretrained(out_dir)
-
-
 def _vision_model_and_processor(kind: str):
     """A random-initialised vision model of `kind` and an image processor that yields IMAGE_SIZE x IMAGE_SIZE pixels.
 
@@ -154,7 +99,8 @@ def _position_table(model):
     return None
 
 
-def _write_vision(kind: str, out_dir: Path, seed: int) -> None:
+def write_vision(kind: str, out_dir: Path, seed: int = 1) -> None:
+    """A tiny random vision encoder of `kind` (a key of VISION) with its image processor."""
     import torch
 
     torch.manual_seed(seed)
@@ -168,7 +114,8 @@ def _write_vision(kind: str, out_dir: Path, seed: int) -> None:
     processor.save_pretrained(out_dir)
 
 
-def _write_llm(kind: str, out_dir: Path, tokenizer_dir: Path, seed: int) -> None:
+def write_llm(kind: str, out_dir: Path, tokenizer_dir: Path, seed: int = 2) -> None:
+    """A tiny random causal LM of `kind` (a key of LLM) with a copy of the tokenizer in `tokenizer_dir`."""
     import torch
     import transformers as tf
 
@@ -186,38 +133,3 @@ def _write_llm(kind: str, out_dir: Path, tokenizer_dir: Path, seed: int) -> None
     model = model_class(config_class(**LLM[kind], **ids))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-def write_tiny_parts(cache_dir: Path, force: bool = False) -> dict[str, Path]:
-    """Write every tiny part under `cache_dir` (skipped when already there) and return their directories.
-
-    Each part is written to a temporary sibling directory and renamed into place, so an interrupted run never
-    leaves a half-written part that later loads wrongly.
-    """
-    cache_dir = Path(cache_dir)
-    parts = {f"vision/{k}": cache_dir / "vision" / k for k in VISION}
-    parts |= {f"llm/{k}": cache_dir / "llm" / k for k in LLM}
-    parts["tokenizer"] = cache_dir / "tokenizer"
-    from vlmtune.tiny_vlm import tiny_vlm_writers  # complete tiny HF VLMs: vlm/llava, vlm/idefics3, vlm/qwen2_vl
-
-    vlm_writers = tiny_vlm_writers(cache_dir)
-    parts |= {name: path for name, (path, _) in vlm_writers.items()}
-    stamp = cache_dir / "tiny.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_VERSION:
-        return parts
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    writers = {"tokenizer": lambda d: write_tokenizer(d)}
-    writers |= {f"vision/{k}": (lambda d, k=k: _write_vision(k, d, seed=1)) for k in VISION}
-    writers |= {f"llm/{k}": (lambda d, k=k: _write_llm(k, d, parts["tokenizer"], seed=2)) for k in LLM}
-    writers |= {name: writer for name, (_, writer) in vlm_writers.items()}
-    for name, writer in writers.items():  # the tokenizer first: the LLMs copy it
-        final = parts[name]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        writer(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    stamp.write_text(json.dumps({"version": TINY_VERSION, "parts": sorted(parts)}, indent=1))
-    return parts
