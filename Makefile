@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test lint bench bench-gpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,8 @@ lint:
 bench:
 	$(BIN)/python -m vlmtune.bench
 
+bench-gpu:
+	$(BIN)/python -m vlmtune.bench.gpu
+
 clean:
-	rm -rf runs outputs multirun .pytest_cache .ruff_cache
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache bench-results bench-gpu-results

@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> float | None:
     from vlmtune.model.base import load_for_training, training_base
     from vlmtune.pictures.run import write_pictures
     from vlmtune.processes import is_main_process
-    from vlmtune.runs import start_run
+    from vlmtune.runs import log, start_run
+    from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.policy import quantization_for
     from vlmtune.train.probe import GenerationEval
     from vlmtune.train.sft import fit
@@ -42,6 +43,8 @@ def main(cfg: DictConfig) -> float | None:
     model, processor = load_for_training(base, cfg, quantization_for(cfg, base))
     model, parameters = make_trainable(model, cfg)
 
+    if cfg.vision_feature_cache:  # a frozen tower: epochs after the first read its features from disk
+        cache = cache_vision_features(model, cfg.vision_feature_cache)
     train = training_data(cfg.data, processor, run.dir)
     preflight(model, processor, cfg, train.report.lengths)  # memory per device; refuses a run that cannot fit
     if not train.streamed:  # a stream's report is complete only when training ends
@@ -58,6 +61,8 @@ def main(cfg: DictConfig) -> float | None:
                   preemption=run.preemption, callbacks=callbacks)
     if train.streamed:
         run.record_data("train", train.report)
+    if cfg.vision_feature_cache:
+        log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
     checkpoint = save_trained(run, model, processor, "sft", facts, init_from=base)
     if is_main_process():

@@ -87,6 +87,12 @@ ELSEWHERE = {
         "tests/test_deepspeed.py::test_zero3_pretrain_and_dpo_equal_one_rank",
     "accelerate launch --config_file runs/sft/<stamp>/accelerate_config.yaml recipes/sft.py init_from=...":
         "tests/test_deepspeed.py (every launcher=zero* run writes that file and launches it this way)",
+    "make bench": "tests/test_speed.py::test_bench_runs_the_baseline_and_vlmtune_on_the_same_samples (smoke size; "
+                  "the figures in docs/benchmarks.md come from make bench itself)",
+    "python -m vlmtune.bench --only trl vlmtune --repeats 5":
+        "tests/test_speed.py::test_bench_runs_the_baseline_and_vlmtune_on_the_same_samples",
+    "make bench-gpu": "tests/test_speed.py::test_gpu_bench_runs_end_to_end_in_smoke_mode (no GPU here)",
+    "python -m vlmtune.bench.gpu --smoke": "tests/test_speed.py::test_gpu_bench_runs_end_to_end_in_smoke_mode",
     "vlmtune sft -m hydra/launcher=submitit_local optim.lr=1e-4,2e-4":
         "tests/test_launch.py::test_submitit_local_sweep_runs_each_trial_as_a_two_process_launch",
     "vlmtune sft -m hydra/launcher=slurm launcher=zero3 launcher.num_processes=16 launcher.num_machines=2 "

@@ -119,7 +119,14 @@ class DataConfig:
     truncation: Truncation = Truncation["drop_turns"]  # over max_length: drop_turns | drop_sample; never mid-image
     cache_dir: str | None = None  # measured lengths are cached here by datasets fingerprints (None: not cached)
     packing: bool = False  # each batch as one padding-free row (positions restart per sample; see packing.py)
-    group_by_length: bool = False  # batch samples of similar true length together (less padding)
+    # Length-aware batches under a token budget, long and short samples apart (vlmtune/data/batching.py): None = on
+    # wherever every sample's length is known before training (in-memory data), true = required, false = random
+    # batches of optim.batch_size.
+    group_by_length: bool | None = None
+    batch_tokens: int | None = None  # length-aware batches: padded tokens per batch; None = batch size x mean length
+    # Dataloader processes that decode and process images off the training loop: None = 4 on a GPU, 0 on a CPU
+    # (there they would take cores from the compute) and for streams (whose order they would change).
+    workers: int | None = None
     blank_images: bool = False  # replace every image by a blank one: the blind baseline (train and test)
     max_train_samples: int | None = None  # use only the first N training samples
     max_test_samples: int | None = None  # evaluate only the first N test samples
@@ -137,6 +144,13 @@ class OptimConfig:
     grad_accum: int = 1  # gradient accumulation steps
     max_grad_norm: float = 1.0  # gradient clipping
     precision: Precision = Precision["auto"]  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16
+    # The LM head and the loss only at supervised positions, in vocabulary chunks (vlmtune/train/supervised_head.py);
+    # false = at every position, as TRL does on CPUs.
+    supervised_head: bool = True
+    # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU; TRL keeps its own LM head): None = when liger-kernel is installed
+    # and training on a CUDA GPU.
+    liger_kernel: bool | None = None
+    torch_compile: bool = False  # torch.compile the model (the Trainer's torch_compile): GPUs; compiling takes minutes
 
 
 @dataclass
@@ -340,7 +354,7 @@ class TrainRecipeConfig(RecipeConfig):
     peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA settings for the parts in lora / qlora mode
     eval: EvalConfig = field(default_factory=EvalConfig)  # generation settings for the end-of-run evaluation
     init_from: str | None = None  # checkpoint directory of a previous stage; None composes a new model from `model`
-    # A folder for the frozen vision tower's features (pretrain): later epochs read them instead of running the
+    # A folder for the frozen vision tower's features (pretrain, sft): later epochs read them instead of running the
     # encoder. None = no cache.
     vision_feature_cache: str | None = None
     evaluate_at_end: bool = False  # score the test split once training ends (metrics.json in the run directory)

@@ -31,7 +31,7 @@ def cache_vision_features(model, cache_dir: str | Path) -> dict[str, int]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     tower = base.get_submodule(parts_of(base)["vision"])
     if any(p.requires_grad for p in tower.parameters()):
-        raise PolicyError("data.cache_vision_features=true needs a frozen vision tower (policy.vision.mode=frozen): "
+        raise PolicyError("vision_feature_cache=<folder> needs a frozen vision tower (policy.vision.mode=frozen): "
                           "a training tower's features change every step")
     layers = _layers(base.config)
     signature = hashlib.sha256(f"{tower.config.to_json_string()}{layers}".encode()).hexdigest()[:16]

@@ -30,13 +30,22 @@ def sft_trainer(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir
     from datasets import IterableDataset
     from trl import SFTTrainer
 
+    from vlmtune.data.batching import length_batches, with_batch_sampler
     from vlmtune.data.packing import packed_collator
     from vlmtune.data.streaming import DecodeImages
+    from vlmtune.train.supervised_head import use_supervised_head
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
-    trainer = trainer_class(SFTTrainer)(model=model, args=sft_config(cfg, out_dir, report_to),
-                                        train_dataset=train_dataset, processing_class=processor, recipe=cfg,
-                                        preemption=preemption, callbacks=callbacks)
+    args = sft_config(cfg, out_dir, report_to)
+    sft_class = trainer_class(SFTTrainer)
+    batches = length_batches(train_dataset, cfg.data, cfg.optim.batch_size, cfg.seed, args.world_size,
+                             args.process_index)
+    if batches is not None:  # samples of similar length together under a token budget: little padding
+        sft_class = with_batch_sampler(sft_class, batches)
+    trainer = sft_class(model=model, args=args, train_dataset=train_dataset, processing_class=processor, recipe=cfg,
+                        preemption=preemption, callbacks=callbacks)
+    if cfg.optim.supervised_head:  # the LM head only where a label is supervised (TRL's projects all on CPUs)
+        use_supervised_head(trainer.model)
     streamed = isinstance(train_dataset, IterableDataset)
     if streamed:  # a stream's images are decoded per batch, in the collator: only a process's own batches
         trainer.data_collator = DecodeImages(trainer.data_collator)

@@ -50,6 +50,25 @@ def precision_flags(precision: str) -> tuple[bool, bool]:
     raise ConfigError(f"optim.precision={precision!r}: expected auto, fp32, bf16 or fp16")
 
 
+def dataloader_workers(data) -> int:
+    """`data.workers`, or its default: 4 on a GPU, 0 on a CPU and for streams."""
+    if data.workers is not None:
+        if data.workers > 0 and data.streaming:
+            raise ConfigError("data.workers>0 with data.streaming=true: workers would each read the stream and change "
+                              "its order (and exact resume); set data.workers=0")
+        return data.workers
+    return 4 if torch.cuda.is_available() and not data.streaming else 0
+
+
+def use_liger(liger_kernel: bool | None) -> bool:
+    """`optim.liger_kernel`, or its default: on when liger-kernel is installed and a CUDA GPU trains."""
+    import importlib.util
+
+    if liger_kernel is not None:
+        return liger_kernel
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
 def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) -> dict:
     """The Trainer settings every TRL trainer of a recipe shares (SFTConfig, DPOConfig): optimizer, schedule,
     precision and device, logging, step checkpoints."""
@@ -81,7 +100,10 @@ def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) ->
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=max(cfg.save_steps, 1),
         save_total_limit=None,
-        dataloader_num_workers=0,
+        dataloader_num_workers=dataloader_workers(cfg.data),
+        dataloader_persistent_workers=dataloader_workers(cfg.data) > 0,  # not re-forked every epoch
+        use_liger_kernel=use_liger(optim.liger_kernel),
+        torch_compile=optim.torch_compile,
         # vlmtune.progress.watch_training reports instead: a bar with the running loss on a terminal, loss lines
         # in logs and CI.
         disable_tqdm=True,
@@ -89,9 +111,8 @@ def training_arguments(cfg: TrainRecipeConfig, out_dir: Path, report_to: str) ->
         # A trained vision tower has modules without gradients inside Llava (SigLIP's pooling head); plain DDP then
         # desynchronises ranks, so it must look for unused parameters. Otherwise skip that per-step cost.
         ddp_find_unused_parameters=cfg.policy.vision.mode != "frozen",
-        # Batches of similar true lengths (the data pipeline's `length` column): less padding per batch.
-        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
-        length_column_name="length",
+        # Length-aware batches replace the training DataLoader (vlmtune.data.batching), not this sampler.
+        train_sampling_strategy="random",
     )
 
 
