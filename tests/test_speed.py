@@ -162,10 +162,9 @@ def test_length_batches_follow_the_config(tmp_path):
     from vlmtune.data.batching import length_batches
 
     measured = Dataset.from_dict({"id": ["a", "b", "c"], "length": [10, 300, 20]})
-    assert length_batches(measured, DataConfig(), batch_size=2, seed=0) is not None  # on by default
-    assert length_batches(measured, DataConfig(group_by_length=False), batch_size=2, seed=0) is None
+    assert length_batches(measured, DataConfig(), batch_size=2, seed=0) is None  # off by default
+    assert length_batches(measured, DataConfig(group_by_length=True), batch_size=2, seed=0) is not None
     unmeasured = Dataset.from_dict({"id": ["a"], "length": [None]})
-    assert length_batches(unmeasured, DataConfig(), batch_size=2, seed=0) is None  # nothing to sort by
     with pytest.raises(ValueError, match="data.group_by_length=false"):
         length_batches(unmeasured, DataConfig(group_by_length=True), batch_size=2, seed=0)
 
@@ -197,11 +196,12 @@ def _train(pipeline, out, data: dict | None = None, **optim):
 
 
 def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp_path):
-    """The defaults (token-budget batches, the supervised-only head) against the same batches through TRL's head on
+    """Both speed-ups (token-budget batches, the supervised-only head) against the same batches through TRL's head on
     every position, padded to a multiple of 64 tokens: the same adapter after 4 steps."""
     pipeline = {**pipeline, "data": shapes / "train.json"}
-    fast = _train(pipeline, tmp_path / "fast")
-    plain = _train(pipeline, tmp_path / "plain", supervised_head=False, pad_to_multiple_of=64)
+    fast = _train(pipeline, tmp_path / "fast", data={"group_by_length": True})
+    plain = _train(pipeline, tmp_path / "plain", supervised_head=False, pad_to_multiple_of=64,
+                   data={"group_by_length": True})
     assert fast.keys() == plain.keys()
     for name, tensor in fast.items():
         torch.testing.assert_close(tensor, plain[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -105,15 +105,13 @@ def length_batches(dataset, data, batch_size: int, seed: int, replicas: int = 1,
                    rank: int = 0) -> TokenBudgetBatches | None:
     """Process `rank`'s length-aware batches of `dataset` as `data.group_by_length` / `data.batch_tokens` ask
     (`batch_size` per process), or None for random batches (asked for, or no lengths known: a stream)."""
-    if data.group_by_length is False:
+    if not data.group_by_length:
         return None
     in_memory = hasattr(dataset, "__len__") and "length" in (dataset.column_names or ())
     lengths = list(dataset["length"]) if in_memory else None
     if lengths is None or any(length is None for length in lengths):
-        if data.group_by_length:
-            raise ConfigError("data.group_by_length=true needs every sample's measured length before training "
-                             "(in-memory data); set data.group_by_length=false")
-        return None
+        raise ConfigError("data.group_by_length=true needs every sample's measured length before training "
+                          "(in-memory data); set data.group_by_length=false")
     budget = data.batch_tokens or default_budget(lengths, batch_size * replicas, min_samples=replicas)
     return TokenBudgetBatches(lengths, budget, seed, replicas, rank)
 
