@@ -83,3 +83,20 @@ def test_loading_a_variant_without_its_backend_names_the_extra(variants_run):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert (f"error: the quantized checkpoint {variants_run / 'torchao_int8'} needs the torchao package, which is "
             "not installed") in proc.stderr
+
+
+def test_calibration_samples_of_different_lengths_share_one_padded_length(pipeline, shapes):
+    """auto-round stacks the cached block inputs of every calibration sample: they must have one length, with the
+    padding masked (a demo checkpoint's first calibration samples differ in length)."""
+    from transformers import AutoProcessor
+
+    from vlmtune.data.records import read_samples
+    from vlmtune.quant.variants import calibration_batches
+
+    processor = AutoProcessor.from_pretrained(pipeline["pretrain"] / "checkpoint")
+    samples = read_samples(shapes / "train.json", limit=16)
+    alone = [calibration_batches(processor, [sample])[0]["input_ids"].shape[1] for sample in samples]
+    assert len(set(alone)) > 1, "the samples must differ in length"
+    batches = calibration_batches(processor, samples)
+    assert {batch["input_ids"].shape[1] for batch in batches} == {max(alone)}
+    assert [int(batch["attention_mask"].sum()) for batch in batches] == alone

@@ -125,16 +125,21 @@ VARIANTS.add("quanto_int4", Variant("quanto", "optimum.quanto", "quanto", _quant
 
 
 def calibration_batches(processor, samples: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
-    """Training samples (images + conversation) as the model sees them: its chat template, its processor."""
+    """Training samples (images + conversation) as the model sees them: its chat template, its processor; each padded
+    to the longest (attention mask 0 on the padding), since auto-round stacks the cached block inputs of all samples."""
     from vlmtune.data.images import load_image
 
-    batches = []
+    inputs = []
     for sample in samples:
         text = processor.apply_chat_template(sample["messages"], tokenize=False)
         images = [load_image(image, f"calibration sample {sample['id']!r}") for image in sample["images"]]
-        batches.append(dict(processor(text=[text], images=images or None, return_tensors="pt",
-                                      add_special_tokens=False)))
-    return batches
+        inputs.append((text, images or None))
+
+    def encode(text: str, images, **padding) -> dict[str, torch.Tensor]:
+        return dict(processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, **padding))
+
+    longest = max(encode(text, images)["input_ids"].shape[1] for text, images in inputs)
+    return [encode(text, images, padding="max_length", max_length=longest) for text, images in inputs]
 
 
 def _awq_int4(job: Job) -> Path:
