@@ -270,3 +270,16 @@ def test_export_writes_what_a_serving_engine_reads(pipeline, adapter, tmp_path):
     exported, (merged, _) = AutoModelForImageTextToText.from_pretrained(out), load_vlm(adapter)
     for name, value in merged.state_dict().items():
         torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_serve_lists_only_models_that_answer_about_images(tmp_path):
+    """A demo run directory holds a contrastive run too: its dual encoder and vision tower are not offered."""
+    from vlmtune.infer.webui import find_checkpoints
+
+    for folder, model_type in [("sft/checkpoint", "llava"), ("contrastive/checkpoint", "vision_text_dual_encoder"),
+                               ("contrastive/vision", "clip_vision_model"), ("pretrain/checkpoint", "vlmtune")]:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (tmp_path / "lora" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "lora" / "checkpoint" / "adapter_config.json").write_text("{}")
+    assert list(find_checkpoints(tmp_path)) == ["lora/checkpoint", "pretrain/checkpoint", "sft/checkpoint"]

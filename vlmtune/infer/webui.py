@@ -17,19 +17,32 @@ CHECKPOINT_FILES = ("config.json", "adapter_config.json")
 
 
 def find_checkpoints(root: Path) -> dict[str, Path]:
-    """{name relative to `root`: directory} of every checkpoint under `root` (itself included): directories
-    with a config.json or adapter_config.json, leaving out hidden ones, a trainer's resumable step checkpoints and
-    the folders inside a checkpoint (an adapter's vision/ part)."""
+    """{name relative to `root`: directory} of every VLM checkpoint under `root` (itself included): directories
+    with a config.json or adapter_config.json, leaving out hidden ones, a trainer's resumable step checkpoints, the
+    folders inside a checkpoint (an adapter's vision/ part) and models that do not answer questions about images
+    (a contrastive run's dual encoder and vision tower)."""
     found: dict[str, Path] = {}
     for marker in sorted(p for name in CHECKPOINT_FILES for p in root.rglob(name)):
         directory = marker.parent
         relative = directory.relative_to(root)
         if any(part.startswith(".") or part in ("trainer", "wandb") for part in relative.parts):
             continue
+        if marker.name == "config.json" and not _answers_about_images(marker):
+            continue
         if any(directory.is_relative_to(other) for other in found.values()):
             continue
         found[str(relative) if relative.parts else root.name] = directory
     return found
+
+
+def _answers_about_images(config: Path) -> bool:
+    """Whether the config.json is of a model AutoModelForImageTextToText loads (a `vlmtune` one included)."""
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = json.loads(config.read_text()).get("model_type")
+    return model_type == "vlmtune" or model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 class Models:

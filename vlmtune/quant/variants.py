@@ -138,8 +138,10 @@ def calibration_batches(processor, samples: list[dict[str, Any]]) -> list[dict[s
     def encode(text: str, images, **padding) -> dict[str, torch.Tensor]:
         return dict(processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, **padding))
 
-    longest = max(encode(text, images)["input_ids"].shape[1] for text, images in inputs)
-    return [encode(text, images, padding="max_length", max_length=longest) for text, images in inputs]
+    # One slot past the longest: every sample then carries padding, so the LLM receives an attention mask for each
+    # (an unpadded one gets none, and auto-round's per-sample cache of masks would come up short).
+    length = max(encode(text, images)["input_ids"].shape[1] for text, images in inputs) + 1
+    return [encode(text, images, padding="max_length", max_length=length) for text, images in inputs]
 
 
 def _awq_int4(job: Job) -> Path:
