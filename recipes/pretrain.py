@@ -25,7 +25,6 @@ def main(cfg: DictConfig) -> None:
     from vlmtune.model.compose import compose
     from vlmtune.model.hf_vlm import load_hf_vlm
     from vlmtune.pictures.run import write_pictures
-    from vlmtune.processes import is_main_process
     from vlmtune.runs import log, start_run
     from vlmtune.train.feature_cache import cache_vision_features
     from vlmtune.train.sft import fit
@@ -57,8 +56,7 @@ def main(cfg: DictConfig) -> None:
         log.info("vision feature cache: %d images read from disk, %d encoded", cache["hits"], cache["misses"])
 
     save_trained(run, model, processor, "pretrain", facts)
-    if is_main_process():
-        write_pictures(run.dir, history, "pretrain (projector alignment)", model, processor)  # loss.png, model.png
+    write_pictures(run.dir, history, "pretrain (projector alignment)", model, processor)  # loss.png, model.png
     run.finish()
 
 

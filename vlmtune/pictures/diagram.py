@@ -50,11 +50,10 @@ def model_stages(model, processor) -> list[tuple[str, str, str]]:
     return stages
 
 
-def model_diagram(model, processor, path: str | Path, title: str = "") -> Path:
-    """Boxes left to right, one per stage, each arrow labelled with what flows along it."""
+def model_diagram(stages: list[tuple[str, str, str]], config, path: str | Path, title: str = "") -> Path:
+    """Boxes left to right, one per stage of `model_stages`, each arrow labelled with what flows along it."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    stages = model_stages(model, processor)
     fig = figure(2.6 * len(stages), 2.6)
     axes = fig.add_axes((0, 0, 1, 1))
     axes.set_xlim(0, len(stages))
@@ -69,7 +68,7 @@ def model_diagram(model, processor, path: str | Path, title: str = "") -> Path:
         axes.text(i + 0.5, 0.3, flow, ha="center", va="top", fontsize=7, color="#333333", wrap=True)
         if i + 1 < len(stages):
             axes.add_patch(FancyArrowPatch((i + 0.9, 0.65), (i + 1.1, 0.65), arrowstyle="-|>", mutation_scale=12))
-    axes.text(0.05, 0.95, title or f"{model.config.model_type}: {model.config.image_seq_length} image tokens per "
-              "image", fontsize=9, va="top")
+    axes.text(0.05, 0.95, title or f"{config.model_type}: {config.image_seq_length} image tokens per image",
+              fontsize=9, va="top")
     save(fig, path)
     return Path(path)
