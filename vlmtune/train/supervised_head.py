@@ -18,6 +18,7 @@ trained head, soft-capped or scaled logits keep TRL's kernel (on the supervised 
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -103,6 +104,9 @@ def use_supervised_head(model, outputs: tuple[str, ...] = ("log_probs", "entropy
     scale = getattr(text_config, "logit_scale", None) or 1.0
     own_forward = type(base).forward
 
+    # The model's own signature stays visible: generate() (the in-training probe) checks its keyword arguments
+    # (pixel_values, ...) against the forward's parameters.
+    @functools.wraps(own_forward)
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         if not fused_lm_head:
             extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
