@@ -95,7 +95,7 @@ def test_calibration_samples_of_different_lengths_share_one_padded_length(pipeli
 
     processor = AutoProcessor.from_pretrained(pipeline["pretrain"] / "checkpoint")
     samples = read_samples(shapes / "train.json", limit=16)
-    alone = [calibration_batches(processor, [sample])[0]["input_ids"].shape[1] for sample in samples]
+    alone = [int(calibration_batches(processor, [sample])[0]["attention_mask"].sum()) for sample in samples]
     assert len(set(alone)) > 1, "the samples must differ in length"
     batches = calibration_batches(processor, samples)
     assert {batch["input_ids"].shape[1] for batch in batches} == {max(alone) + 1}  # each with padding
