@@ -217,7 +217,7 @@ def test_serve_in_headless_chromium(pipeline, adapter, shapes, tmp_path):
     if chromium() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: CI must run `make browser`")
-        pytest.skip("chromium is not installed (make browser)")
+        pytest.skip("chromium is not installed (make browser)")  # a developer machine; CI fails above
     record = _test_records(shapes)[0]
     image, question = shapes / record["image"], _question(record)
     port = _free_port()

@@ -23,7 +23,7 @@ def torchao_env() -> dict[str, str]:
     if not (TORCHAO / "torchao").is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"torchao is not installed in {TORCHAO}: `make install` puts it there")
-        pytest.skip(f"torchao is not installed in {TORCHAO} (make install)")
+        pytest.skip(f"torchao is not installed in {TORCHAO} (make install)")  # CI fails above instead
     return {"PYTHONPATH": str(TORCHAO)}
 
 

@@ -539,16 +539,10 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore; conf/<recipe>.yaml lists `<recipe>_schema` first in its defaults."""
     from hydra.core.config_store import ConfigStore
 
+    schemas = {"train": TrainRecipeConfig, "evaluate": EvaluateRecipeConfig, "quantize": QuantizeRecipeConfig,
+               "export": ExportRecipeConfig, "data_tools": DataToolsConfig, "dpo": DPORecipeConfig,
+               "contrastive": ContrastiveRecipeConfig, "embed": EmbedRecipeConfig, "search": SearchRecipeConfig,
+               "chat": ChatRecipeConfig, "predict": PredictRecipeConfig, "serve": ServeRecipeConfig}
     store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainRecipeConfig)
-    store.store(name="evaluate_schema", node=EvaluateRecipeConfig)
-    store.store(name="quantize_schema", node=QuantizeRecipeConfig)
-    store.store(name="export_schema", node=ExportRecipeConfig)
-    store.store(name="data_tools_schema", node=DataToolsConfig)
-    store.store(name="dpo_schema", node=DPORecipeConfig)
-    store.store(name="contrastive_schema", node=ContrastiveRecipeConfig)
-    store.store(name="embed_schema", node=EmbedRecipeConfig)
-    store.store(name="search_schema", node=SearchRecipeConfig)
-    store.store(name="chat_schema", node=ChatRecipeConfig)
-    store.store(name="predict_schema", node=PredictRecipeConfig)
-    store.store(name="serve_schema", node=ServeRecipeConfig)
+    for name, node in schemas.items():
+        store.store(name=f"{name}_schema", node=node)
