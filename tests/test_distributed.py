@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import torch
@@ -61,6 +62,25 @@ def test_two_rank_sft_trains_into_one_run_directory_like_one_rank(pipeline):
     run_dirs = list((runs / "sft").iterdir())
     assert len(run_dirs) == 1, output
     _assert_same_adapter(pipeline["sft"], run_dirs[0])  # the pipeline's sft: 1 rank, FAST (batch 4), same init
+
+
+def test_two_rank_length_microbatches_train_what_one_rank_trains_whole(pipeline, shapes, tmp_path):
+    """Answers of 0-135 extra words: each rank cuts its batch into length-sorted pieces (the ranks agree on how many),
+    and 2 ranks x 2 samples train the adapter that 1 rank x 4 trains with the batches whole."""
+    records = json.loads((shapes / "train.json").read_text())[:16]
+    for k, record in enumerate(records):
+        record["image"] = str(shapes / record["image"])
+        record["conversations"][1]["value"] += " because" + " it is so" * (k * 7 % 4 * 15)
+    (tmp_path / "varied.json").write_text(json.dumps(records))
+    init = f"init_from={pipeline['pretrain'] / 'checkpoint'}"
+    common = [init, f"data.train={tmp_path / 'varied.json'}", "logger=none", "evaluate_at_end=false",
+              "optim.max_steps=4", "logging_steps=1"]
+    whole, two = tmp_path / "whole", tmp_path / "two"
+    vlmtune("sft", f"run_dir={whole}", *common, "optim.batch_size=4", "optim.microbatch_by_length=false")
+    output = run_cli(*launch(2), "recipes/sft.py", f"run_dir={two}", *common, "optim.batch_size=2")
+    pieces = re.search(r"length micro-batches: (\d+) of 4 batches ran in (\d+) pieces", output)
+    assert pieces and int(pieces[1]) >= 2, output  # rank 0 split most of its batches
+    _assert_same_adapter(whole, two)
 
 
 def test_two_rank_dpo_takes_the_steps_of_one_rank(pipeline):

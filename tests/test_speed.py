@@ -1,5 +1,5 @@
-"""The speed-ups keep the plain path's loss: the LM head on supervised positions only, length-aware batches under a
-token budget, the vision feature cache in sft; and the benchmarks run end to end (their figures come from
+"""The speed-ups keep the plain path's loss: the LM head on supervised positions only, length-sorted micro-batches,
+length-grouped batches, the vision feature cache in sft; and the benchmarks run end to end (their figures come from
 `make bench`, never from tests)."""
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def model_and_processor(tiny):
                                llm=LLMConfig(path=str(tiny / "llm" / "llama"))))
 
 
-def _examples(tmp_path) -> list[dict]:
-    """Samples of very different lengths: multi-turn with two images, one image, text only, a long answer."""
+def _examples(tmp_path):
+    """Samples of very different lengths: multi-turn with two images, one image, text only, a long answer (a
+    dataset)."""
     from vlmtune.data.records import read_samples, to_dataset
 
     Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")
@@ -43,7 +44,7 @@ def _examples(tmp_path) -> list[dict]:
             ("<image>\nDescribe the image.", "a blue square, a red circle and a green triangle " * 6))},
     ]
     (tmp_path / "d.json").write_text(json.dumps(records))
-    return list(to_dataset(read_samples(tmp_path / "d.json")))
+    return to_dataset(read_samples(tmp_path / "d.json"))
 
 
 @pytest.mark.parametrize("head", ["frozen", "trained"])
@@ -63,7 +64,7 @@ def test_supervised_head_gives_the_plain_loss_per_sample_and_its_gradients(model
     original = supervised_head.FrozenHeadLogProbs.apply
     monkeypatch.setattr(supervised_head.FrozenHeadLogProbs, "apply", lambda *a: called.append(1) or original(*a))
     collate = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
-    examples = _examples(tmp_path)
+    examples = list(_examples(tmp_path))
     batch = collate(examples)
     model.train()
     alone = [model(**collate([example])).loss for example in examples]
@@ -113,46 +114,51 @@ def _llava_like_lengths(n: int, seed: int = 0) -> list[int]:
     return [49 + int(min(400, max(16, rng.lognormvariate(4.8, 0.6)))) for _ in range(n)]
 
 
-def test_token_budget_batches_visit_each_sample_once_per_epoch_with_little_padding():
-    from vlmtune.data.batching import TokenBudgetBatches, default_budget
+def test_length_grouped_batches_visit_each_sample_once_per_epoch_with_little_padding():
+    from vlmtune.data.batching import LengthGroupedBatches
 
     lengths = _llava_like_lengths(300)
-    budget = default_budget(lengths, 8)
-    batches = TokenBudgetBatches(lengths, budget, seed=3)
+    batches = LengthGroupedBatches(lengths, 8, seed=3)
     epochs = []
     for epoch in range(2):
         batches.set_epoch(epoch)
         epochs.append(list(batches))
         assert sorted(i for batch in epochs[-1] for i in batch) == list(range(300))  # every sample, once
-        assert all(len(b) * max(lengths[i] for i in b) <= budget for b in epochs[-1])
-    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])  # same batches, new order
+        assert len(epochs[-1]) == len(batches) == 38  # the plain path's steps of 8 samples: its schedule
+        assert sorted(len(b) for b in epochs[-1]) == [4] + [8] * 37
+    # Drawn anew: most samples that shared a batch in one epoch are apart in the next (none tied for the whole run).
+    pairs = [{(i, j) for batch in epoch for i in batch for j in batch if i < j} for epoch in epochs]
+    assert len(pairs[0] & pairs[1]) < len(pairs[0]) / 2
     batches.set_epoch(1)
     assert list(batches) == epochs[1]  # an epoch replays exactly (resume)
-    assert len(batches) == 38 and budget <= 8 * max(lengths)  # the steps of fixed batches of 8, never more padded
     rng = random.Random(0)
     order = rng.sample(range(300), 300)
     random_slots = sum(8 * max(lengths[i] for i in order[k:k + 8]) for k in range(0, 300, 8))
-    assert 1 - sum(lengths) / random_slots > 0.25 > 0.05 > batches.padding(lengths)
+    assert 1 - sum(lengths) / random_slots > 0.25 > 0.08 > batches.padding(0)
+    assert LengthGroupedBatches(lengths, 8, seed=3, group=1).padding(0) > 0.25  # groups of one batch: random
+    with pytest.raises(ValueError, match="data.length_group=0"):
+        LengthGroupedBatches(lengths, 8, group=0)
 
 
-def test_token_budget_batches_over_processes_give_each_step_the_one_process_batch():
-    """Each process takes every n-th sample of the same global batch; when every batch holds a sample per process
-    (these lengths), the global batches are the ones a single process trains."""
-    from vlmtune.data.batching import TokenBudgetBatches
+def test_length_grouped_batches_over_processes_give_each_step_the_one_process_batch():
+    """Each process takes every n-th sample of the same global batch: the batches one process with the global batch
+    size trains; a last batch too small to give every process a sample joins the one before it."""
+    from vlmtune.data.batching import LengthGroupedBatches
 
-    lengths = _llava_like_lengths(102)
-    one = TokenBudgetBatches(lengths, 1500, seed=0)
-    ranks = [TokenBudgetBatches(lengths, 1500, seed=0, replicas=3, rank=r) for r in range(3)]
-    assert all(len(batch) >= 3 for batch in one.batches) and ranks[0].batches == one.batches
+    lengths = _llava_like_lengths(103)  # 103 = 8 x 12 + 7: a short last batch
+    one = LengthGroupedBatches(lengths, 12, seed=0)
+    ranks = [LengthGroupedBatches(lengths, 4, seed=0, replicas=3, rank=r) for r in range(3)]
     for epoch in range(2):
         for sampler in [one, *ranks]:
             sampler.set_epoch(epoch)
-        for whole, *shares in zip(one, *ranks, strict=True):
+        steps = list(zip(one, *ranks, strict=True))
+        assert len(steps) == len(one) == len(ranks[0]) == 9
+        for whole, *shares in steps:
             assert all(shares) and sorted(i for share in shares for i in share) == sorted(whole)
-    # A sample too long to share a batch still gives every process a sample: its batch grows past the budget.
-    assert all(len(batch) >= 3 for batch in TokenBudgetBatches([10, 10, 10, 900, 10], 1000, replicas=3).batches)
-    with pytest.raises(ValueError, match="data.batch_tokens=0"):
-        TokenBudgetBatches(lengths, 0)
+    lonely = LengthGroupedBatches(lengths[:25], 4, replicas=3)  # 25 = 2 x 12 + 1: one sample cannot be shared
+    assert len(lonely) == len(list(lonely)) == 2 and sum(len(b) for b in lonely.batches(0)) == 25
+    with pytest.raises(ValueError, match="cannot give each of 3 processes one"):
+        LengthGroupedBatches(lengths[:2], 1, replicas=3)
 
 
 def test_length_batches_follow_the_config(tmp_path):
@@ -163,7 +169,8 @@ def test_length_batches_follow_the_config(tmp_path):
 
     measured = Dataset.from_dict({"id": ["a", "b", "c"], "length": [10, 300, 20]})
     assert length_batches(measured, DataConfig(), batch_size=2, seed=0) is None  # off by default
-    assert length_batches(measured, DataConfig(group_by_length=True), batch_size=2, seed=0) is not None
+    grouped = length_batches(measured, DataConfig(group_by_length=True, length_group=4), batch_size=2, seed=0)
+    assert grouped.group == 4 and len(grouped) == 2
     unmeasured = Dataset.from_dict({"id": ["a"], "length": [None]})
     with pytest.raises(ValueError, match="data.group_by_length=false"):
         length_batches(unmeasured, DataConfig(group_by_length=True), batch_size=2, seed=0)
@@ -195,16 +202,87 @@ def _train(pipeline, out, data: dict | None = None, **optim):
     return get_peft_model_state_dict(model)
 
 
-def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp_path):
-    """Both speed-ups (token-budget batches, the supervised-only head) against the same batches through TRL's head on
-    every position, padded to a multiple of 64 tokens: the same adapter after 4 steps."""
+def test_sft_speed_ups_train_the_weights_of_the_plain_path(pipeline, shapes, tmp_path, monkeypatch):
+    """The defaults (length-sorted micro-batches, the supervised-only head) against the same batches whole, through
+    TRL's head on every position, padded to a multiple of 64 tokens: the same adapter after 4 steps."""
+    from vlmtune.train import microbatches
+
     pipeline = {**pipeline, "data": shapes / "train.json"}
-    fast = _train(pipeline, tmp_path / "fast", data={"group_by_length": True})
-    plain = _train(pipeline, tmp_path / "plain", supervised_head=False, pad_to_multiple_of=64,
-                   data={"group_by_length": True})
+    splits = []
+    split_batch = microbatches.split_batch
+    monkeypatch.setattr(microbatches, "split_batch", lambda inputs, groups: splits.append(groups) or
+                        split_batch(inputs, groups))
+    # The shapes' samples differ by a few tokens, not worth a piece of their own: with no cost per piece every
+    # sample is one, the most a batch can be cut.
+    monkeypatch.setattr(microbatches, "OVERHEAD_TOKENS", 0)
+    fast = _train(pipeline, tmp_path / "fast")
+    assert len(splits) == 4 and all(len(groups) > 1 for groups in splits)  # every step ran in pieces
+    plain = _train(pipeline, tmp_path / "plain", supervised_head=False, microbatch_by_length=False,
+                   pad_to_multiple_of=64)
+    assert len(splits) == 4
     assert fast.keys() == plain.keys()
     for name, tensor in fast.items():
         torch.testing.assert_close(tensor, plain[name], atol=1e-5, rtol=1e-4, msg=name)
+    grouped = _train(pipeline, tmp_path / "grouped", data={"group_by_length": True})  # length-grouped batches too
+    grouped_plain = _train(pipeline, tmp_path / "grouped-plain", data={"group_by_length": True},
+                           supervised_head=False, microbatch_by_length=False, pad_to_multiple_of=64)
+    for name, tensor in grouped.items():
+        torch.testing.assert_close(tensor, grouped_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _one_image_batch(processor, lengths: list[int]) -> dict:
+    """A TRL-collated batch of one-image conversations whose answers have the given numbers of words."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    images = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue", "green", "white", "black")]
+    examples = [{"images": [images[i % 5]], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": " ".join(["shape"] * n)}]}]}
+        for i, n in enumerate(lengths)]
+    return DataCollatorForVisionLanguageModeling(processor)(examples)
+
+
+def test_length_microbatches_give_the_whole_batch_loss_and_gradients(model_and_processor, tmp_path):
+    """One training step on a batch of very different lengths, split into length-sorted micro-batches: the loss the
+    step reports and every gradient equal the whole batch's; batches it cannot split (several images in a sample,
+    left padding) train whole."""
+    from vlmtune.config import OptimConfig, TrainRecipeConfig
+    from vlmtune.train.microbatches import _rows_per_sample, image_token_id, length_cut
+    from vlmtune.train.sft import sft_trainer
+
+    model, processor = model_and_processor
+    inputs = _one_image_batch(processor, [2, 60, 5, 30, 1, 90])
+    assert _rows_per_sample(inputs, image_token_id(model))
+    assert len(length_cut(inputs["attention_mask"].sum(1).tolist())) > 1
+    count = int((inputs["labels"][:, 1:] != -100).sum())
+    results = {}
+    for split in (True, False):
+        cfg = TrainRecipeConfig(run_dir=str(tmp_path), resume="never",
+                                optim=OptimConfig(microbatch_by_length=split, max_steps=1))
+        trainer = sft_trainer(model, processor, _examples(tmp_path), cfg, tmp_path, report_to="none")
+        model.zero_grad()
+        loss = trainer.training_step(trainer.model, dict(inputs), num_items_in_batch=count)
+        results[split] = loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    (loss, grads), (whole_loss, whole_grads) = results[True], results[False]
+    torch.testing.assert_close(loss, whole_loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == whole_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, whole_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+    two_images = {**inputs, "pixel_values": torch.cat([inputs["pixel_values"]] * 2)}
+    left = {**inputs, "attention_mask": inputs["attention_mask"].flip(1)}
+    assert not _rows_per_sample(two_images, image_token_id(model)) and not _rows_per_sample(left, image_token_id(model))
+
+
+def test_length_cut_minimises_padded_slots_plus_a_cost_per_piece():
+    from vlmtune.train.microbatches import length_cut
+
+    lengths = [65, 70, 450, 120, 90, 300, 66, 200]
+    assert length_cut(lengths, overhead=10**6) == [sorted(range(8), key=lengths.__getitem__)]  # one piece
+    assert [len(g) for g in length_cut(lengths, overhead=0)] == [1] * 8  # no cost: one sample per piece
+    pieces = length_cut(lengths, parts=3)
+    assert sorted(i for g in pieces for i in g) == list(range(8)) and len(pieces) == 3
+    assert [[lengths[i] for i in g] for g in pieces] == [[65, 66, 70, 90, 120], [200, 300], [450]]
 
 
 def test_dataloader_workers_train_the_weights_of_the_main_process(pipeline, shapes, tmp_path):

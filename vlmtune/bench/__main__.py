@@ -26,9 +26,10 @@ CONFIGS: dict[str, list[str]] = {
     "trl": [],
     "vlmtune": [],
     "vlmtune data.group_by_length=true": ["data.group_by_length=true"],
+    "vlmtune optim.microbatch_by_length=false": ["optim.microbatch_by_length=false"],
     "vlmtune optim.supervised_head=false": ["optim.supervised_head=false"],
     "vlmtune data.packing=true": ["data.packing=true"],
-    "vlmtune, none of its speed-ups": ["optim.supervised_head=false"],
+    "vlmtune, none of its speed-ups": ["optim.supervised_head=false", "optim.microbatch_by_length=false"],
     # Gains from the second epoch on: measured with --epochs 2 (`make bench` runs one).
     "vlmtune vision_feature_cache": ["vision_feature_cache=features"],
 }

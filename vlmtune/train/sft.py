@@ -33,6 +33,7 @@ def sft_trainer(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir
     from vlmtune.data.batching import length_batches, with_batch_sampler
     from vlmtune.data.packing import packed_collator
     from vlmtune.data.streaming import DecodeImages
+    from vlmtune.train.microbatches import microbatch_by_length, with_length_microbatches
     from vlmtune.train.supervised_head import use_supervised_head
     from vlmtune.train.supervision import RequireSupervised, check_supervision
 
@@ -40,8 +41,10 @@ def sft_trainer(model, processor, train_dataset, cfg: TrainRecipeConfig, out_dir
     sft_class = trainer_class(SFTTrainer)
     batches = length_batches(train_dataset, cfg.data, cfg.optim.batch_size, cfg.seed, args.world_size,
                              args.process_index)
-    if batches is not None:  # samples of similar length together under a token budget: little padding
+    if batches is not None:  # samples of similar length together: little padding
         sft_class = with_batch_sampler(sft_class, batches)
+    if microbatch_by_length(cfg, args):  # each batch computed in length-sorted pieces: the padding's compute saved
+        sft_class = with_length_microbatches(sft_class)
     trainer = sft_class(model=model, args=args, train_dataset=train_dataset, processing_class=processor, recipe=cfg,
                         preemption=preemption, callbacks=callbacks)
     if cfg.optim.supervised_head:  # the LM head only where a label is supervised (TRL's projects all on CPUs)
