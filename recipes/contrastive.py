@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> float | None:
     dual = apply_dual_policy(dual, cfg.policy, cfg.peft)
     log.info("parameters:\n%s", parameter_table(dual))
     objective = ContrastiveObjective(dual, cfg.loss)
-    history = fit_contrastive(objective, pairs, processor, cfg, run.dir / "trainer", report_to=run.report_to)
+    history = fit_contrastive(objective, pairs, processor, cfg, run.dir / "trainer", report_to=run.report_to,
+                              preemption=run.preemption)
     dual = merged(dual)
     bias = float(objective.bias) if objective.bias is not None else None
 

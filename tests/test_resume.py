@@ -99,6 +99,7 @@ PATHS = {
     "sft-streaming": ("sft", ["data.streaming=true"], "pretrain"),
     "pretrain": ("pretrain", [], None),
     "dpo": ("dpo", [], "sft"),
+    "contrastive": ("contrastive", [], None),
 }
 
 
@@ -211,6 +212,27 @@ def test_sigterm_to_one_of_two_ranks_saves_one_agreed_step_and_resumes_to_the_un
 
     output = run_cli(*launch(2), "recipes/sft.py", f"run_dir={preempted}", *args)
     assert f"resuming from {saved}" in output
+    assert_same_weights(preempted, straight)
+
+
+def test_sigterm_to_contrastive_training_saves_a_step_and_resumes_to_the_uninterrupted_weights(cache, tmp_path):
+    """The contrastive recipe (its own Trainer) keeps the same promise as the others: SIGTERM saves a step, exits
+    143, and the same command resumes to the uninterrupted weights."""
+    args = [*COMMON, "optim.max_steps=30"]
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    vlmtune("contrastive", f"run_dir={straight}", *args)
+    process = _popen([sys.executable, "-m", "vlmtune.cli", "contrastive", f"run_dir={preempted}", *args])
+    output = _Output(process)
+    ready, deadline = _completed(preempted / "trainer", 4), time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, output.text
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == EXIT_CODE, output.close()
+    text = output.close()
+    saved = latest_complete_checkpoint(preempted / "trainer")
+    assert "preempted (SIGTERM)" in text and saved is not None and not (preempted / "checkpoint").exists(), text
+    assert f"resuming from {saved}" in vlmtune("contrastive", f"run_dir={preempted}", *args)
     assert_same_weights(preempted, straight)
 
 

@@ -31,33 +31,44 @@ def _param_groups(objective: ContrastiveObjective, cfg) -> list[dict]:
 
 
 def contrastive_trainer(objective: ContrastiveObjective, pairs: list[dict], processor, cfg, out_dir: Path, *,
-                        report_to: str, callbacks=None):
+                        report_to: str, preemption=None, callbacks=None):
     """A Trainer over image-caption pairs; every process's batch has the same size (the last partial batch is
-    dropped), since the embeddings of all processes are gathered into one global batch."""
+    dropped), since the embeddings of all processes are gathered into one global batch. Its step checkpoints are
+    marked complete once whole (so `resume=auto` trusts them) and `preemption` saves one agreed step."""
     from transformers import Trainer, TrainingArguments
 
+    from vlmtune.train.checkpoints import MarkComplete
     from vlmtune.train.guards import NonFiniteLossGuard
+    from vlmtune.train.preemption import Preemption
     from vlmtune.train.trainer import training_arguments
 
     arguments = training_arguments(cfg, out_dir, report_to)
     # Every tower parameter reaches the loss through the pooled embeddings, frozen ones aside: no unused search.
-    # A plain Trainer has no MarkComplete callback (vlmtune.train.trainer) to prune step checkpoints: it prunes them.
-    arguments |= {"dataloader_drop_last": True, "ddp_find_unused_parameters": False,
-                  "save_total_limit": cfg.save_total_limit}
-    trainer = Trainer(model=objective, args=TrainingArguments(**arguments), train_dataset=PairDataset(pairs),
-                      data_collator=PairCollator(processor, cfg.negatives),
-                      callbacks=[*(callbacks or []), NonFiniteLossGuard()])
+    arguments |= {"dataloader_drop_last": True, "ddp_find_unused_parameters": False}
+    class ContrastiveTrainer(Trainer):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            loss_guard.observe(loss)  # a non-finite loss stops training before its step is saved
+            return loss
+
+    preemption, loss_guard = preemption or Preemption(), NonFiniteLossGuard()
+    # The loss guard after preemption: it vetoes a save that preemption asked for on a non-finite step.
+    trainer = ContrastiveTrainer(model=objective, args=TrainingArguments(**arguments), train_dataset=PairDataset(pairs),
+                                 data_collator=PairCollator(processor, cfg.negatives),
+                                 callbacks=[*(callbacks or []), preemption, loss_guard,
+                                            MarkComplete(keep=cfg.save_total_limit)])
+    trainer.preemption = preemption  # what vlmtune.train.trainer.train reads
     optimizer_class, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, objective)
     trainer.optimizer = optimizer_class(_param_groups(objective, cfg), **optimizer_kwargs)
     return trainer
 
 
 def fit_contrastive(objective: ContrastiveObjective, pairs: list[dict], processor, cfg, out_dir: Path, *,
-                    report_to: str, callbacks=None) -> list[dict]:
-    """Train to the end (resuming per `cfg.resume` from step checkpoints in `out_dir`); return the log history."""
-    from vlmtune.train.checkpoints import resume_point
+                    report_to: str, preemption=None, callbacks=None) -> list[dict]:
+    """Train to the end, resuming per `cfg.resume` from step checkpoints in `out_dir`; return the log history. A
+    preemption signal saves a step and raises `Preempted` (exit code 143), as in every training recipe."""
+    from vlmtune.train.trainer import train
 
     trainer = contrastive_trainer(objective, pairs, processor, cfg, out_dir, report_to=report_to,
-                                  callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume_point(cfg.resume, out_dir))
-    return trainer.state.log_history
+                                  preemption=preemption, callbacks=callbacks)
+    return train(trainer, cfg)
