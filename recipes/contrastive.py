@@ -1,6 +1,7 @@
 """Contrastive image-text pretraining (CLIP / SigLIP): a dual encoder learns one space for images and captions.
 
-Run as `vlmtune contrastive [overrides]` or `accelerate launch --multi_gpu --num_processes 2 recipes/contrastive.py`.
+Run as `vlmtune contrastive [overrides]`, on several processes with `launcher=ddp launcher.num_processes=N` (or
+`accelerate launch --multi_gpu --num_processes N recipes/contrastive.py`).
 `model.path=<CLIP/SigLIP checkpoint>` trains that pair; otherwise `model/vision` and `model/text` are joined by new
 projection heads. Writes <run_dir>/checkpoint (the dual encoder), <run_dir>/vision (its vision tower: an ordinary HF
 vision checkpoint for `model.vision.path=`), metrics.json (held-out recall and zero-shot accuracy before and after),
@@ -12,11 +13,13 @@ from omegaconf import DictConfig
 
 from vlmtune.errors import run_command
 from vlmtune.hydra_setup import setup
+from vlmtune.launch import launching
 
 setup()
 
 
 @hydra.main(config_path="../conf", config_name="contrastive", version_base="1.3")
+@launching
 def main(cfg: DictConfig) -> float | None:
     from vlmtune.contrastive.data import caption_pairs
     from vlmtune.contrastive.loss import LOSSES, ContrastiveObjective
@@ -30,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
         save_vision_tower,
     )
     from vlmtune.contrastive.report import evaluate_pairs, write_pictures
-    from vlmtune.contrastive.train import fit_contrastive
+    from vlmtune.contrastive.train import fit_contrastive, refuse_sharding
     from vlmtune.data.errors import DataReport
     from vlmtune.data.records import read_split
     from vlmtune.pictures.curves import training_curves
@@ -39,6 +42,7 @@ def main(cfg: DictConfig) -> float | None:
 
     run = start_run(cfg, "contrastive")
     cfg = run.cfg
+    refuse_sharding(cfg.launcher)
     LOSSES.get(cfg.loss)  # a misspelt loss fails before anything loads
     if cfg.model.path:
         dual, processor, _ = load_dual(cfg.model.path)

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli, vlmtune
+from conftest import vlmtune
 from safetensors.torch import load_file
-from test_distributed import launch
 
 from vlmtune.contrastive.data import swapped
 from vlmtune.contrastive.loss import clip_loss, siglip_loss
@@ -110,7 +109,7 @@ def test_two_processes_train_the_pair_one_process_trains(tiny, tmp_path):
     steps = ["optim.max_steps=3", "logger=none", "evaluate_at_end=false", "loss=siglip", "negatives=swap"]
     one, two = tmp_path / "one", tmp_path / "two"
     vlmtune("contrastive", f"run_dir={one}", *steps, "optim.batch_size=8")
-    run_cli(*launch(2), "recipes/contrastive.py", f"run_dir={two}", *steps, "optim.batch_size=4")
+    vlmtune("contrastive", f"run_dir={two}", *steps, "optim.batch_size=4", "launcher=ddp", "launcher.num_processes=2")
     expected, got = _weights(one), _weights(two)
     start = {f"vision_model.{k}": v for k, v in load_file(tiny / "vision" / "clip" / "model.safetensors").items()}
     assert expected.keys() == got.keys()
@@ -140,6 +139,8 @@ def test_bad_inputs_fail_with_the_key_to_fix(cache, tmp_path, tiny):
         vlmtune("contrastive", f"run_dir={tmp_path / 'a'}", "loss=hinge", *STEPS)
     with pytest.raises(AssertionError, match="not a dual encoder"):
         vlmtune("contrastive", f"run_dir={tmp_path / 'b'}", f"model.path={tiny / 'vision' / 'siglip'}", *STEPS)
+    with pytest.raises(AssertionError, match="contrastive training runs on launcher=single or launcher=ddp"):
+        vlmtune("contrastive", f"run_dir={tmp_path / 'z'}", "launcher=zero2", "launcher.num_processes=2", *STEPS)
     with pytest.raises(AssertionError, match="an image-caption pair needs exactly one"):
         bad = tmp_path / "captions.json"
         bad.write_text(json.dumps([{"id": "x", "conversations": [{"from": "human", "value": "Describe."},
