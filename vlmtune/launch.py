@@ -26,6 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from vlmtune.errors import ConfigError
+from vlmtune.processes import launched_engine
 
 log = logging.getLogger("vlmtune")
 
@@ -47,14 +48,15 @@ def refuse_fsdp_without_gpu() -> None:
     """accelerate runs an FSDP config on a machine without a GPU as plain DDP, silently: refuse instead."""
     import torch
 
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+    if launched_engine() == "FSDP" and not torch.cuda.is_available():
         raise LaunchError(
             "this run was launched with an FSDP accelerate config, but this machine has no GPU: accelerate would run "
             "it as plain data parallel (every process holding the whole model), not sharded. FSDP needs GPUs; on a "
             "CPU use launcher=ddp, launcher=zero2 or launcher=zero3.")
 
 
-def _engine(launcher) -> str:
+def engine(launcher) -> str:
+    """The accelerate distributed_type a launcher profile asks for: NO, MULTI_GPU, DEEPSPEED, FSDP."""
     return str(launcher.accelerate.get("distributed_type", "NO")).upper()
 
 
@@ -64,13 +66,13 @@ def check_profile(launcher) -> None:
 
     import torch
 
-    engine = _engine(launcher)
+    kind = engine(launcher)
     if launcher.num_processes < 1 or launcher.num_machines < 1:
         raise LaunchError("launcher.num_processes and launcher.num_machines must be at least 1")
-    if engine == "NO" and launcher.num_processes > 1:
+    if kind == "NO" and launcher.num_processes > 1:
         raise LaunchError(f"launcher={launcher.name} runs one process, but launcher.num_processes="
                           f"{launcher.num_processes}: pick a multi-process profile (launcher=ddp, zero2, zero3, fsdp2)")
-    if engine == "MULTI_GPU" and launcher.num_processes < 2:
+    if kind == "MULTI_GPU" and launcher.num_processes < 2:
         raise LaunchError(f"launcher={launcher.name} needs launcher.num_processes >= 2")
     if launcher.num_processes % launcher.num_machines:
         raise LaunchError(f"launcher.num_processes={launcher.num_processes} is not a multiple of "
@@ -79,10 +81,10 @@ def check_profile(launcher) -> None:
         raise LaunchError("launcher.num_machines > 1 needs launcher.main_process_ip: the address of machine 0")
     if not 0 <= launcher.machine_rank < launcher.num_machines:
         raise LaunchError(f"launcher.machine_rank={launcher.machine_rank} must be in 0..{launcher.num_machines - 1}")
-    if engine == "FSDP" and not torch.cuda.is_available():
+    if kind == "FSDP" and not torch.cuda.is_available():
         raise LaunchError(f"launcher={launcher.name} (FSDP) needs GPUs and this machine has none; accelerate would "
                           "silently run it as plain data parallel. On a CPU use launcher=ddp, zero2 or zero3.")
-    if engine == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise LaunchError(f"launcher={launcher.name} needs DeepSpeed, which is not installed: "
                           "pip install --no-build-isolation 'deepspeed>=0.19' (or `make install`, which installs it)")
 
@@ -118,7 +120,7 @@ def _mixed_precision(cfg) -> str:
 
 
 def _needs_launch(launcher) -> bool:
-    return _engine(launcher) != "NO" or launcher.num_processes > 1
+    return engine(launcher) != "NO" or launcher.num_processes > 1
 
 
 def launch_command(config_file: Path, script: str, overrides: list[str], run_dir: Path) -> list[str]:

@@ -290,13 +290,16 @@ def check_fits(memory: MemoryEstimate, cfg, capacity: int) -> None:
 def _effective(launcher):
     """The launcher this process actually runs under: cfg.launcher, or what a user's own `accelerate launch
     --config_file` set up (the environment accelerate gives each rank)."""
+    from vlmtune.processes import launched_engine
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == launcher.num_processes:
         return launcher
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    launched = launched_engine()
+    if launched == "DEEPSPEED":
         stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
         engine = {"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": stage}}
-    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    elif launched == "FSDP":
         engine = {"distributed_type": "FSDP"}
     else:
         engine = {"distributed_type": "MULTI_GPU" if world > 1 else "NO"}

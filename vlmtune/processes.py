@@ -37,3 +37,11 @@ def wait_for_all() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def launched_engine() -> str | None:
+    """The sharding engine accelerate launched this process under, from the environment it gives each rank:
+    "DEEPSPEED", "FSDP", or None (one process, or plain data parallelism)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return next((name for name in ("DEEPSPEED", "FSDP") if parse_flag_from_env(f"ACCELERATE_USE_{name}")), None)

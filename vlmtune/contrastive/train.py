@@ -34,11 +34,11 @@ def refuse_sharding(launcher) -> None:
     """Contrastive training runs on one process or plain DDP: its optimizer is built here over per-tower groups and
     its loss gathers embeddings itself, neither of which DeepSpeed's or FSDP's engine takes over."""
     from vlmtune.errors import ConfigError
+    from vlmtune.launch import engine
 
-    engine = str(launcher.accelerate.get("distributed_type", "NO")).upper()
-    if engine not in ("NO", "MULTI_GPU", "MULTI_CPU"):
+    if engine(launcher) not in ("NO", "MULTI_GPU", "MULTI_CPU"):
         raise ConfigError(f"launcher={launcher.name}: contrastive training runs on launcher=single or launcher=ddp "
-                          f"(plain data parallelism), not under {engine}")
+                          f"(plain data parallelism), not under {engine(launcher)}")
 
 
 def contrastive_trainer(objective: ContrastiveObjective, pairs: list[dict], processor, cfg, out_dir: Path, *,

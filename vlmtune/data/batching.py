@@ -65,8 +65,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
                                       min_samples=self.replicas)
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.global_batch)
-        return full + (rest >= self.replicas or full == 0)
+        return len(self.batches(self.epoch))  # the same every epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches(self.epoch):

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import torch
 
 from vlmtune.errors import ConfigError
+from vlmtune.processes import launched_engine
 
 log = logging.getLogger("vlmtune")
 
@@ -103,8 +103,7 @@ def microbatch_by_length(cfg, args) -> bool:
     """`optim.microbatch_by_length`, or its default: on a CPU, off on a GPU; refused under DeepSpeed and FSDP, whose
     engines count one backward per micro-step."""
     asked = cfg.optim.microbatch_by_length
-    sharded = bool(getattr(args, "deepspeed", None)) or any(
-        os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("DEEPSPEED", "FSDP"))
+    sharded = bool(getattr(args, "deepspeed", None)) or launched_engine() is not None
     if asked and sharded:
         raise ConfigError("optim.microbatch_by_length=true is not supported under DeepSpeed or FSDP (their engines "
                           "count one backward per micro-step); set optim.microbatch_by_length=false")
@@ -163,17 +162,19 @@ def with_length_microbatches(trainer_class: type) -> type:
         def _length_parts(self, model, inputs) -> list[dict] | None:
             splittable = _rows_per_sample(inputs, image_token_id(self.accelerator.unwrap_model(model)))
             lengths = inputs["attention_mask"].sum(1).tolist() if splittable else []
-            parts = len(length_cut(lengths)) if splittable else 1
+            groups = length_cut(lengths) if splittable else [lengths]
             if self.accelerator.num_processes > 1:  # the same number everywhere: TRL's loss gathers per forward
                 import torch.distributed as dist
 
                 # max over processes of (any unsplittable, preferred parts, -samples): the fewest samples bound it
-                agreed = torch.tensor([not splittable, parts, -len(lengths)], device=self.accelerator.device)
+                agreed = torch.tensor([not splittable, len(groups), -len(lengths)], device=self.accelerator.device)
                 dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
                 splittable, parts = not agreed[0], min(int(agreed[1]), -int(agreed[2]))
-            if not splittable or parts < 2:
+                if splittable and parts != len(groups):
+                    groups = length_cut(lengths, parts)
+            if not splittable or len(groups) < 2:
                 return None
-            return split_batch(inputs, length_cut(lengths, parts))
+            return split_batch(inputs, groups)
 
     Trainer.__name__ = Trainer.__qualname__ = trainer_class.__name__
     return Trainer

@@ -82,14 +82,13 @@ def parameter_table(model, policy: PolicyConfig | None = None, optim: OptimConfi
 
 def bnb_4bit_config(peft: PeftConfig, model_type: str = "llava"):
     """QLoRA's 4-bit LLM: vision tower, projector and lm_head stay in full precision."""
-    import os
-
+    from vlmtune.processes import launched_engine
     from vlmtune.quantize import bnb_config
 
     compute = getattr(torch, peft.compute_dtype)
     # Under FSDP (an accelerate launch with an FSDP config) the 4-bit weights are stored in the compute dtype, so
     # FSDP can shard them with the rest (FSDP-QLoRA).
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    fsdp = launched_engine() == "FSDP"
     return bnb_config(4, peft.quant_type, compute, peft.double_quant, model_type=model_type,
                       storage_dtype=compute if fsdp else None)
 
